@@ -1,0 +1,155 @@
+"""Read raw rows from a source: a Hub dataset id, local files/globs, a build-data directory, or builtin:.
+
+Local files are read by this module (not `datasets`) so that a bad file gets an error naming the
+file, the line and the fix, instead of an Arrow traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+
+from ..errors import DataError
+from . import synthetic
+
+LOCAL_EXTS = (".json", ".jsonl", ".csv", ".parquet")
+
+
+def source_name(path: str) -> str:
+    if path.startswith("builtin:"):
+        return path.split(":", 1)[1] or "synthetic"
+    base = os.path.basename(path.rstrip("/"))
+    for ext in LOCAL_EXTS:
+        if base.endswith(ext):
+            return base[: -len(ext)]
+    return base or path
+
+
+def _read_text(path: str, field: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})", file=path,
+                        field=field, fix="re-encode the file as UTF-8, e.g. iconv -t UTF-8") from e
+    except OSError as e:
+        raise DataError(f"cannot read file ({e.strerror})", file=path, field=field) from e
+
+
+def _read_jsonl(path: str, field: str) -> list[dict]:
+    rows = []
+    for lineno, line in enumerate(_read_text(path, field).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"line {lineno}: invalid JSON ({e.msg} at column {e.colno})", file=path, field=field,
+                            fix="repair or delete that line (is the file truncated?)") from e
+        if not isinstance(row, dict):
+            raise DataError(f"line {lineno}: expected a JSON object, got {type(row).__name__}", file=path,
+                            field=field)
+        rows.append(row)
+    return rows
+
+
+def _read_json(path: str, field: str) -> list[dict]:
+    text = _read_text(path, field)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg.startswith("Extra data"):  # JSON lines saved as .json
+            return _read_jsonl(path, field)
+        raise DataError(f"invalid JSON at line {e.lineno}, column {e.colno} ({e.msg})", file=path, field=field,
+                        fix="repair the file (is it truncated?)") from e
+    if isinstance(data, dict):
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) == 1:
+            data = lists[0]
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise DataError("expected a JSON list of objects (or JSON lines)", file=path, field=field)
+    return data
+
+
+def _read_csv(path: str, field: str) -> list[dict]:
+    text = _read_text(path, field)
+    reader = csv.DictReader(text.splitlines())
+    if not reader.fieldnames:
+        raise DataError("CSV file has no header row", file=path, field=field, fix="add a header naming the columns")
+    return [dict(r) for r in reader]
+
+
+def _read_parquet(path: str, field: str) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as e:  # pyarrow raises several types for bad files
+        raise DataError(f"cannot read parquet ({e})", file=path, field=field) from e
+
+
+_READERS = {".json": _read_json, ".jsonl": _read_jsonl, ".csv": _read_csv, ".parquet": _read_parquet}
+
+
+def _read_local(path: str, field: str) -> list[dict]:
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in _READERS:
+        raise DataError(f"unsupported file type {ext!r}", file=path, field=field,
+                        fix=f"use one of {', '.join(LOCAL_EXTS)}")
+    return _READERS[ext](path, field)
+
+
+def _looks_local(path: str) -> bool:
+    return (path.startswith((".", "/", "~")) or os.path.splitext(path)[1].lower() in LOCAL_EXTS
+            or any(c in path for c in "*?[") or os.path.exists(path))
+
+
+def _build_data_dir_files(path: str, split: str) -> list[str]:
+    """A `sft build-data` output directory: pick the split's jsonl."""
+    cand = os.path.join(path, f"{split}.jsonl")
+    return [cand] if os.path.exists(cand) else []
+
+
+def read_rows(path: str, *, split: str = "train", subset: str | None = None, field: str = "data.sources",
+              num_examples: int = 2000, tasks: list[str] | None = None, seed: int = 0) -> list[dict]:
+    """Raw rows (dicts) from one source."""
+    if path.startswith("builtin:"):
+        name = path.split(":", 1)[1]
+        if name not in ("synthetic", ""):
+            raise DataError(f"unknown builtin source {path!r}", field=field, fix="use builtin:synthetic")
+        # Each split is generated from its own seed, so a named split is a fresh draw.
+        split_seed = seed + {"train": 0, "validation": 1, "eval": 1, "test": 2}.get(split, 3)
+        return synthetic.generate(num_examples, seed=split_seed, tasks=tasks or None)
+
+    expanded = os.path.expanduser(path)
+    if os.path.isdir(expanded):
+        files = _build_data_dir_files(expanded, split)
+        if not files:
+            files = sorted(f for f in glob.glob(os.path.join(expanded, "*"))
+                           if os.path.splitext(f)[1].lower() in LOCAL_EXTS)
+        if not files:
+            raise DataError(f"directory has no {split}.jsonl or data files", file=path, field=field)
+        return [r for f in files for r in _read_local(f, field)]
+    if _looks_local(path):
+        files = sorted(glob.glob(expanded)) if any(c in path for c in "*?[") else [expanded]
+        if not files or not os.path.exists(files[0]):
+            raise DataError("dataset file not found", file=path, field=field,
+                            fix="check the path (relative paths are resolved from the current directory)")
+        return [r for f in files for r in _read_local(f, field)]
+    return _read_hub(path, split=split, subset=subset, field=field)
+
+
+def _read_hub(repo_id: str, *, split: str, subset: str | None, field: str) -> list[dict]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(repo_id, subset, split=split)
+    except Exception as e:  # offline, missing repo, missing split: one clear line
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+        reason = "the Hub is unreachable (offline mode)" if offline else f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        raise DataError(f"cannot load Hub dataset {repo_id!r} split {split!r}: {reason}", field=field,
+                        fix="check the id and your connection, or download the data and point path at a local file"
+                        ) from e
+    return ds.to_list()

@@ -1,0 +1,196 @@
+"""Registry of prompt templates: canonical record -> text segments marked trained / not trained.
+
+A template renders a whole conversation into segments `(text, trained)`: every assistant answer is a
+trained segment, everything else is context. Causal models train on the concatenation (loss on the
+trained segments, EOS appended); seq2seq models read everything before the final answer as the
+source and the final answer as the target. Inference renders the same messages with an empty final
+answer and drops it, so the prompt is byte-identical to the one seen in training.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..errors import RecipeError
+
+Segment = tuple[str, bool]
+
+ALPACA_PROMPT_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "
+                       "context. Write a response that appropriately completes the request.")
+ALPACA_PROMPT_NO_INPUT = "Below is an instruction that describes a task. Write a response that appropriately " \
+                         "completes the request."
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    render: Callable[[list[dict], str | None], list[Segment]]
+    stop: tuple[str, ...] = ()  # text markers that end an answer at inference (besides EOS)
+    doc: str = ""
+
+
+def _user_text(m: dict) -> str:
+    return m["content"] + (f"\n\n{m['input']}" if m.get("input") else "")
+
+
+def _alpaca(messages: list[dict], system: str | None) -> list[Segment]:
+    sys_msgs = [m["content"] for m in messages if m["role"] == "system"]
+    first_user = next((m for m in messages if m["role"] == "user"), {})
+    preamble = sys_msgs[0] if sys_msgs else system or (
+        ALPACA_PROMPT_INPUT if first_user.get("input") else ALPACA_PROMPT_NO_INPUT)
+    segs: list[Segment] = [(preamble + "\n\n", False)]
+    for m in messages:
+        if m["role"] == "user":
+            text = f"### Instruction:\n{m['content']}\n\n"
+            if m.get("input"):
+                text += f"### Input:\n{m['input']}\n\n"
+            segs.append((text + "### Response:\n", False))
+        elif m["role"] == "tool":
+            segs.append((f"### Observation:\n{m['content']}\n\n### Response:\n", False))
+        elif m["role"] == "assistant":
+            segs.append((m["content"], m.get("loss", True)))
+            segs.append(("\n\n", False))
+    return segs
+
+
+def _chatml(messages: list[dict], system: str | None) -> list[Segment]:
+    segs: list[Segment] = []
+    if system and not any(m["role"] == "system" for m in messages):
+        segs.append((f"<|im_start|>system\n{system}<|im_end|>\n", False))
+    for m in messages:
+        if m["role"] == "assistant":
+            segs.append(("<|im_start|>assistant\n", False))
+            segs.append((m["content"] + "<|im_end|>", m.get("loss", True)))
+            segs.append(("\n", False))
+        else:
+            segs.append((f"<|im_start|>{m['role']}\n{_user_text(m)}<|im_end|>\n", False))
+    return segs
+
+
+def _plain(messages: list[dict], system: str | None) -> list[Segment]:
+    sys_msgs = [m["content"] for m in messages if m["role"] == "system"]
+    segs: list[Segment] = []
+    if sys_msgs or system:
+        segs.append(((sys_msgs[0] if sys_msgs else system) + "\n\n", False))
+    for m in messages:
+        if m["role"] == "assistant":
+            segs.append((m["content"], m.get("loss", True)))
+            segs.append(("\n\n", False))
+        elif m["role"] != "system":
+            segs.append((_user_text(m) + "\n\n", False))
+    return segs
+
+
+TEMPLATES: dict[str, Template] = {t.name: t for t in [
+    Template("alpaca", _alpaca, ("\n\n### Instruction:",),
+             "Stanford Alpaca wording (with and without input); '### Response:' is followed by a newline"),
+    Template("chatml", _chatml, ("<|im_end|>",), "<|im_start|>role ... <|im_end|> turns"),
+    Template("plain", _plain, (), "instruction, blank line, input (T5-style source text)"),
+]}
+
+
+@dataclass
+class JinjaTemplate:
+    """A user template: renders the prompt from system / instruction / input / messages / history.
+
+    The final assistant message is the answer (the only trained segment).
+    """
+
+    source: str
+    name: str = "custom"
+    stop: tuple[str, ...] = field(default=())
+
+    def __post_init__(self):
+        from jinja2 import StrictUndefined, TemplateSyntaxError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
+        try:
+            self._tpl = env.from_string(self.source)
+        except TemplateSyntaxError as e:
+            raise RecipeError(f"template syntax error at line {e.lineno}: {e.message}", field="data.template",
+                              fix="fix the Jinja template") from e
+
+    def render(self, messages: list[dict], system: str | None) -> list[Segment]:
+        from jinja2.exceptions import SecurityError, UndefinedError
+
+        answer_idx = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
+        context = messages[:answer_idx]
+        users = [m for m in context if m["role"] == "user"]
+        last = users[-1] if users else {"content": "", "input": ""}
+        sys_msgs = [m["content"] for m in context if m["role"] == "system"]
+        try:
+            prompt = self._tpl.render(
+                system=sys_msgs[0] if sys_msgs else (system or ""), instruction=last["content"],
+                input=last.get("input", ""), messages=context, history=context[:-1] if users else [])
+        except SecurityError as e:
+            raise RecipeError(f"template tried an unsafe operation ({e})", field="data.template",
+                              fix="templates may only read the variables system, instruction, input, messages, "
+                                  "history") from e
+        except UndefinedError as e:
+            raise RecipeError(f"template uses an undefined variable ({e.message})", field="data.template",
+                              fix="use system, instruction, input, messages or history") from e
+        segs: list[Segment] = [(prompt, False)]
+        if answer_idx < len(messages):
+            segs.append((messages[answer_idx]["content"], True))
+        return segs
+
+
+def get_template(spec: str) -> Template | JinjaTemplate:
+    """A registry name, an inline Jinja template (contains '{{' or '{%'), or a .jinja/.j2 file path."""
+    if spec in TEMPLATES:
+        return TEMPLATES[spec]
+    if "{{" in spec or "{%" in spec:
+        return JinjaTemplate(spec)
+    if spec.endswith((".jinja", ".j2")):
+        if not os.path.exists(spec):
+            raise RecipeError("template file not found", file=spec, field="data.template")
+        with open(spec, encoding="utf-8") as fh:
+            return JinjaTemplate(fh.read(), name=os.path.basename(spec))
+    import difflib
+
+    close = difflib.get_close_matches(spec, list(TEMPLATES), n=1)
+    raise RecipeError(f"unknown template {spec!r}", field="data.template",
+                      fix=f"did you mean {close[0]!r}?" if close else
+                      f"use one of {', '.join(TEMPLATES)}, an inline Jinja string or a .jinja file")
+
+
+def merge_segments(segs: list[Segment]) -> list[Segment]:
+    """Join neighbours with the same flag and drop empty context, so tokenisation sees whole spans."""
+    out: list[Segment] = []
+    for text, trained in segs:
+        if not text and not trained:
+            continue
+        if out and out[-1][1] == trained and not trained:
+            out[-1] = (out[-1][0] + text, trained)
+        else:
+            out.append((text, trained))
+    return out
+
+
+def render_training(template, messages: list[dict], system: str | None) -> list[Segment]:
+    """Segments up to and including the final answer (trailing context after it is dropped)."""
+    segs = merge_segments(template.render(messages, system))
+    last = max((i for i, (_, t) in enumerate(segs) if t), default=-1)
+    return segs[: last + 1]
+
+
+def render_prompt(template, messages: list[dict], system: str | None) -> str:
+    """The inference prompt for a conversation that ends with a user (or tool) turn."""
+    segs = render_prompt_segments(template, messages, system)
+    return "".join(t for t, _ in segs)
+
+
+def render_prompt_segments(template, messages: list[dict], system: str | None) -> list[Segment]:
+    msgs = list(messages)
+    if msgs and msgs[-1]["role"] == "assistant":
+        msgs = msgs[:-1]
+    segs = merge_segments(template.render(msgs + [{"role": "assistant", "content": "\x00"}], system))
+    idx = max(i for i, (t, trained) in enumerate(segs) if trained)
+    head = segs[idx][0].split("\x00")[0]  # text a template puts before the answer inside the answer span
+    out = segs[:idx]
+    if head:
+        out = out + [(head, False)]
+    return merge_segments(out)

@@ -1,0 +1,78 @@
+"""Tokenizers that need no download: a byte-level BPE trained on the recipe's own texts (cached), or
+plain bytes. Otherwise a Hub id / directory loads through AutoTokenizer.
+
+Special tokens follow T5's numbering (pad 0, eos 1, unk 2) so the same tokenizer serves a scratch
+GPT-2 (eos doubles as bos) and a scratch T5 (decoder start = pad).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from ..errors import ModelError
+
+BUILT = ("bpe", "byte")
+
+
+def cache_root() -> str:
+    return os.environ.get("SFT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "sft"))
+
+
+def _special(arch: str) -> dict:
+    eos = "</s>" if arch == "seq2seq" else "<|endoftext|>"
+    return {"pad_token": "<pad>", "eos_token": eos, "unk_token": "<unk>"}
+
+
+def build_tokenizer(kind: str, texts: list[str], *, vocab_size: int, arch: str):
+    """Train (or load from cache) a byte-level BPE on `texts`; kind 'byte' keeps only the 256 bytes."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    special = _special(arch)
+    specials = [special["pad_token"], special["eos_token"], special["unk_token"]]
+    size = 256 + len(specials) if kind == "byte" else vocab_size
+    digest = hashlib.sha256()
+    digest.update(json.dumps([kind, size, arch, 1]).encode())
+    for t in texts:
+        digest.update(t.encode("utf-8", "surrogatepass"))
+        digest.update(b"\x00")
+    path = os.path.join(cache_root(), "tokenizers", digest.hexdigest()[:20])
+    if os.path.exists(os.path.join(path, "tokenizer.json")):
+        return load_tokenizer(path)
+
+    tok = Tokenizer(models.BPE(unk_token=special["unk_token"]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), min_frequency=2)
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **special)
+    if arch == "causal":
+        fast.bos_token = special["eos_token"]
+    tmp = f"{path}.tmp{os.getpid()}"
+    fast.save_pretrained(tmp)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        os.replace(tmp, path)
+    except OSError:  # another process won the race; use its copy
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return load_tokenizer(path)
+
+
+def load_tokenizer(name: str, *, revision: str | None = None, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+    except Exception as e:
+        hint = "the Hub is unreachable offline; " if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+        raise ModelError(f"cannot load tokenizer {name!r} ({hint}{type(e).__name__}: {str(e).splitlines()[0][:160]})",
+                         field="model.tokenizer",
+                         fix="point model.tokenizer at a local tokenizer directory, or use 'bpe' to build one") from e
+    if tok.pad_token is None:  # GPT-2 has no pad token; reuse EOS (labels mask padding anyway)
+        tok.pad_token = tok.eos_token
+    return tok

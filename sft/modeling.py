@@ -1,0 +1,266 @@
+"""Model and tokenizer loading: architecture detection, scratch init, dtype, quantisation, LoRA."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+
+import torch
+
+from .errors import ModelError
+from .recipe import ModelConfig, Recipe
+
+log = logging.getLogger("sft")
+
+# Public configs of common bases, so `init: scratch` and parameter counting work offline.
+KNOWN_CONFIGS = {
+    "gpt2": ("gpt2", {}),
+    "openai-community/gpt2": ("gpt2", {}),
+    "gpt2-medium": ("gpt2", {"n_embd": 1024, "n_layer": 24, "n_head": 16}),
+    "openai-community/gpt2-medium": ("gpt2", {"n_embd": 1024, "n_layer": 24, "n_head": 16}),
+    "gpt2-large": ("gpt2", {"n_embd": 1280, "n_layer": 36, "n_head": 20}),
+    "openai-community/gpt2-large": ("gpt2", {"n_embd": 1280, "n_layer": 36, "n_head": 20}),
+    "t5": ("t5", {}),
+    "t5-small": ("t5", {}),
+    "google-t5/t5-small": ("t5", {}),
+    "t5-base": ("t5", {"d_model": 768, "d_ff": 3072, "num_layers": 12, "num_decoder_layers": 12, "num_heads": 12}),
+    "google/flan-t5-small": ("t5", {"d_model": 512, "d_ff": 1024, "num_layers": 8, "num_decoder_layers": 8,
+                                    "num_heads": 6, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False}),
+    "google/flan-t5-base": ("t5", {"d_model": 768, "d_ff": 2048, "num_layers": 12, "num_decoder_layers": 12,
+                                   "num_heads": 12, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False}),
+}
+
+DEFAULT_LORA_TARGETS = {"gpt2": ["c_attn"], "t5": ["q", "v"], "mt5": ["q", "v"], "bart": ["q_proj", "v_proj"],
+                        "llama": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"]}
+
+
+def load_config(cfg: ModelConfig):
+    """The model config: local dir / Hub, else the built-in table (offline scratch), plus overrides."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(cfg.name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except Exception as e:
+        known = KNOWN_CONFIGS.get(cfg.name)
+        if known is None:
+            raise ModelError(f"cannot load the config of {cfg.name!r} ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:160]})", field="model.name",
+                             fix="check the id or directory (offline, only local directories and the built-in "
+                                 f"architectures {', '.join(sorted(KNOWN_CONFIGS))} work)") from e
+        model_type, fields = known
+        config = AutoConfig.for_model(model_type, **fields)
+    for key, value in cfg.config_overrides.items():
+        if not hasattr(config, key) and key not in getattr(config, "attribute_map", {}):
+            raise ModelError(f"config has no field {key!r}", field=f"model.config_overrides.{key}",
+                             fix=f"use a field of {type(config).__name__}, e.g. n_layer, n_embd, d_model, num_layers")
+        setattr(config, key, value)
+    return config
+
+
+def resolve_arch(cfg: ModelConfig) -> str:
+    if cfg.arch != "auto":
+        return cfg.arch
+    return "seq2seq" if getattr(load_config(cfg), "is_encoder_decoder", False) else "causal"
+
+
+def get_tokenizer(recipe: Recipe, train_records: list[dict] | None, arch: str):
+    """The recipe's tokenizer; 'bpe'/'byte' are built from the rendered training texts (cached)."""
+    from .data.tokenizer import BUILT, build_tokenizer, load_tokenizer
+
+    m = recipe.model
+    kind = m.tokenizer or m.name
+    if kind in BUILT:
+        if train_records is None:
+            raise ModelError("a built tokenizer needs the training data", field="model.tokenizer")
+        from .data.templates import get_template, render_training
+
+        tpl = get_template(recipe.data.template)
+        texts = ["".join(t for t, _ in render_training(tpl, r["messages"], recipe.data.system_prompt))
+                 for r in train_records]
+        return build_tokenizer(kind, texts, vocab_size=m.tokenizer_vocab_size, arch=arch)
+    return load_tokenizer(kind, revision=m.revision if kind == m.name else None,
+                          trust_remote_code=m.trust_remote_code)
+
+
+def _torch_dtype(name: str, on_gpu: bool) -> torch.dtype:
+    if name == "auto":
+        if on_gpu and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return getattr(torch, name)
+
+
+def quantization_config(recipe: Recipe):
+    q = recipe.quantization
+    if not (q.load_in_4bit or q.load_in_8bit):
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as e:
+        raise ModelError(f"bitsandbytes cannot run here ({type(e).__name__}: {str(e).splitlines()[0][:120]})",
+                         field="quantization.load_in_4bit" if q.load_in_4bit else "quantization.load_in_8bit",
+                         fix="pip install bitsandbytes>=0.45 (4-bit runs on CUDA and CPU), or turn quantisation off"
+                         ) from e
+    from transformers import BitsAndBytesConfig
+
+    on_gpu = torch.cuda.is_available() and not recipe.train.use_cpu
+    compute = _torch_dtype(q.compute_dtype, on_gpu)
+    if q.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.quant_type,
+                              bnb_4bit_use_double_quant=q.double_quant, bnb_4bit_compute_dtype=compute)
+
+
+def _auto_class(arch: str):
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    return AutoModelForSeq2SeqLM if arch == "seq2seq" else AutoModelForCausalLM
+
+
+def load_model(recipe: Recipe, tokenizer, arch: str, *, base_save_dir: str | None = None):
+    """Base model per the recipe (scratch or pretrained), quantised if asked, embeddings fit to tokenizer.
+
+    A scratch base is saved to `base_save_dir` (if given) so that an adapter trained on it can be reloaded.
+    """
+    m = recipe.model
+    if m.trust_remote_code:
+        warnings.warn(f"model.trust_remote_code is on: code from {m.name!r} will run on this machine", stacklevel=2)
+    on_gpu = torch.cuda.is_available() and not recipe.train.use_cpu
+    dtype = _torch_dtype(m.dtype, on_gpu)
+    qconfig = quantization_config(recipe)
+    cls = _auto_class(arch)
+    if m.init == "scratch":
+        config = load_config(m)
+        config.vocab_size = len(tokenizer)
+        config.pad_token_id = tokenizer.pad_token_id
+        config.eos_token_id = tokenizer.eos_token_id
+        config.bos_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        if arch == "seq2seq":
+            config.decoder_start_token_id = tokenizer.pad_token_id
+        torch.manual_seed(recipe.train.seed)
+        model = cls.from_config(config)
+        if base_save_dir:
+            model.save_pretrained(base_save_dir)
+            tokenizer.save_pretrained(base_save_dir)
+        if qconfig is not None:  # quantise the random weights by a save/load round trip
+            with tempfile.TemporaryDirectory() as tmp:
+                src = base_save_dir or tmp
+                if not base_save_dir:
+                    model.save_pretrained(tmp)
+                model = cls.from_pretrained(src, quantization_config=qconfig, dtype=dtype,
+                                            device_map=_device_map(on_gpu))
+        else:
+            model = model.to(dtype)
+    else:
+        kwargs = dict(revision=m.revision, trust_remote_code=m.trust_remote_code, dtype=dtype,
+                      use_safetensors=None if m.allow_pickle else True)
+        if qconfig is not None:
+            kwargs.update(quantization_config=qconfig, device_map=_device_map(on_gpu))
+        try:
+            model = cls.from_pretrained(m.name, **kwargs)
+        except Exception as e:
+            msg = str(e).splitlines()[0][:200]
+            fix = "check model.name (offline only local directories load)"
+            if "safetensors" in msg.lower() and not m.allow_pickle:
+                fix = "this checkpoint has no safetensors weights; set model.allow_pickle: true only if you trust it"
+            raise ModelError(f"cannot load model {m.name!r} ({type(e).__name__}: {msg})", field="model.name",
+                             fix=fix) from e
+        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tokenizer))
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def _device_map(on_gpu: bool):
+    if on_gpu:
+        return {"": int(os.environ.get("LOCAL_RANK", 0))}
+    return {"": "cpu"}
+
+
+def linear_module_names(model) -> list[str]:
+    """Unique leaf names of the layers LoRA can adapt (Linear, Conv1D, 4/8-bit Linear)."""
+    names = set()
+    for full, mod in model.named_modules():
+        cls = type(mod).__name__
+        if cls in ("Linear", "Conv1D", "Linear4bit", "Linear8bitLt") and full:
+            names.add(full.split(".")[-1])
+    return sorted(names)
+
+
+def lora_targets(recipe: Recipe, model) -> list[str]:
+    targets = recipe.lora.target_modules or DEFAULT_LORA_TARGETS.get(model.config.model_type)
+    if not targets:
+        raise ModelError(f"no default LoRA targets for model type {model.config.model_type!r}",
+                         field="lora.target_modules", fix=f"choose from {linear_module_names(model)}")
+    available = linear_module_names(model)
+    missing = [t for t in targets if t not in available]
+    if missing:
+        raise ModelError(f"LoRA target(s) {missing} match no layer of {model.config.model_type}",
+                         field="lora.target_modules", fix=f"choose from the model's linear layers {available}")
+    return targets
+
+
+def apply_lora(recipe: Recipe, model, arch: str):
+    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
+
+    q = recipe.quantization
+    if q.load_in_4bit or q.load_in_8bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.train.gradient_checkpointing)
+    config = LoraConfig(
+        r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
+        target_modules=lora_targets(recipe, model), bias=recipe.lora.bias,
+        modules_to_save=recipe.lora.modules_to_save or None,
+        task_type=TaskType.SEQ_2_SEQ_LM if arch == "seq2seq" else TaskType.CAUSAL_LM,
+        fan_in_fan_out=model.config.model_type == "gpt2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return get_peft_model(model, config)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if p.__class__.__name__ == "Params4bit":  # packed: two 4-bit values per byte
+            n = n * 2
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+def load_for_inference(output_dir: str, *, device: str | None = None, dtype: torch.dtype | None = None):
+    """(model, tokenizer, arch) from a training output dir, a merged model, or an adapter-only dir."""
+    import json
+
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoConfig
+
+    from .data.tokenizer import load_tokenizer
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = load_tokenizer(output_dir)
+    adapter_cfg = os.path.join(output_dir, "adapter_config.json")
+    if os.path.exists(adapter_cfg):
+        peft_cfg = PeftConfig.from_pretrained(output_dir)
+        base_dir = peft_cfg.base_model_name_or_path
+        local_base = os.path.join(output_dir, "base_model")
+        if os.path.isdir(local_base):  # scratch bases are saved beside the adapter
+            base_dir = local_base
+        with open(adapter_cfg) as fh:
+            task_type = json.load(fh).get("task_type")
+        arch = "seq2seq" if task_type == "SEQ_2_SEQ_LM" else "causal"
+        base = _auto_class(arch).from_pretrained(base_dir, dtype=dtype or torch.float32)
+        model = PeftModel.from_pretrained(base, output_dir)
+    else:
+        config = AutoConfig.from_pretrained(output_dir)
+        arch = "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
+        model = _auto_class(arch).from_pretrained(output_dir, dtype=dtype or torch.float32)
+    model.to(device).eval()
+    return model, tokenizer, arch

@@ -1,0 +1,431 @@
+"""The recipe: one typed, documented schema, YAML loading, `key=value` overrides and validation.
+
+Every default lives in the dataclasses below and nowhere else. Each field's `help` metadata is its
+documentation (`sft recipe show --help-fields` prints it). Range checks live beside the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+from .errors import RecipeError
+
+
+def _f(default: Any = dataclasses.MISSING, *, help: str, factory: Any = None, **checks: Any) -> Any:
+    meta = {"help": help, **checks}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f("gpt2", help="Hub id or local directory of the base model (or of the architecture, with init: scratch).")
+    arch: Literal["auto", "causal", "seq2seq"] = _f(
+        "auto", help="auto: read `is_encoder_decoder` from the model config (GPT-2 -> causal, T5 -> seq2seq).")
+    init: Literal["pretrained", "scratch"] = _f(
+        "pretrained", help="pretrained: load weights; scratch: random weights from the config (offline path).")
+    config_overrides: dict = _f(
+        help="Config fields to override, e.g. {n_layer: 2, n_embd: 128} for a tiny GPT-2.", factory=dict)
+    tokenizer: str | None = _f(
+        None, help="Tokenizer: a Hub id or directory (default: model.name), or 'bpe' / 'byte' to build one offline "
+        "from the training data (cached).")
+    tokenizer_vocab_size: int = _f(2000, help="Vocabulary size of a tokenizer built with tokenizer: bpe.", min=260)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
+        "auto", help="Weight dtype. auto: float32 on CPU, bfloat16 on GPUs that support it.")
+    trust_remote_code: bool = _f(False, help="Run model code from the Hub repo. Off unless you trust the repo.")
+    allow_pickle: bool = _f(False, help="Allow loading pickle (.bin) checkpoints; safetensors only otherwise.")
+    revision: str | None = _f(None, help="Hub revision (branch, tag or commit) of the base model.")
+
+
+@dataclass
+class SourceConfig:
+    path: str = _f(help="Hub dataset id, local file / glob (json, jsonl, csv, parquet), or builtin:synthetic.")
+    format: str = _f("auto", help="alpaca, sharegpt, messages, prompt-completion, text, self-instruct, columns, "
+                     "or auto (detected from the first rows).")
+    columns: dict = _f(help="For format: columns, map prompt/input/completion/system/task to column names.",
+                       factory=dict)
+    split: str = _f("train", help="Split to read (Hub datasets, build-data directories).")
+    subset: str | None = _f(None, help="Hub dataset configuration name.")
+    weight: float = _f(1.0, help="Sampling weight when mixing sources (1.0 = as is; 2.0 doubles, 0.5 halves).",
+                       min=0.0, exclusive_min=True)
+    max_samples: int | None = _f(None, help="Cap on rows taken from this source (after weighting).", min=1)
+    task: str | None = _f(None, help="Task label for every row of this source (default: a `task` column, else "
+                          "the source's name).")
+    task_column: str | None = _f(None, help="Column holding a per-row task label.")
+    replace: dict = _f(help="Literal placeholder replacements, e.g. {'{{name}}': 'Sft'}.", factory=dict)
+    num_examples: int = _f(2000, help="builtin:synthetic only: examples to generate.", min=1)
+    tasks: list[str] = _f(help="builtin:synthetic only: task families to include (default: all).", factory=list)
+
+
+@dataclass
+class CleanConfig:
+    nfkc: bool = _f(True, help="Unicode NFKC normalisation.")
+    dedupe: bool = _f(True, help="Drop exact duplicate (prompt, answer) pairs.")
+    strip_eos_markers: bool = _f(True, help="Remove literal end-of-text markers (<|endoftext|>, </s>) from text.")
+    overlong: Literal["drop", "trim"] = _f(
+        "drop", help="Examples longer than data.max_length tokens: drop them, or trim the answer to fit.")
+
+
+@dataclass
+class DataConfig:
+    sources: list[SourceConfig] = _f(help="One or more data sources, mixed by weight.", factory=list)
+    template: str = _f("alpaca", help="Prompt template: alpaca, chatml, plain, or a Jinja template given inline "
+                       "(contains '{{') or as a file path ending in .jinja / .j2.")
+    system_prompt: str | None = _f(None, help="System message added to examples that have none.")
+    max_length: int = _f(256, help="Maximum tokens per example (prompt + answer).", min=8)
+    max_samples: int | None = _f(None, help="Cap on the mixed training set.", min=1)
+    eval_ratio: float = _f(0.1, help="Fraction carved from train for evaluation (0 to disable).", min=0.0, max=0.9)
+    test_ratio: float = _f(0.0, help="Fraction carved from train for a held-out test split.", min=0.0, max=0.9)
+    eval_sources: list[SourceConfig] = _f(help="Explicit eval data; replaces carving eval_ratio from train.",
+                                          factory=list)
+    max_eval_samples: int | None = _f(200, help="Cap on the eval split.", min=1)
+    seed: int = _f(42, help="Seed for mixing, shuffling and splitting.")
+    clean: CleanConfig = _f(help="Cleaning steps (each drop is counted).", factory=CleanConfig)
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = _f("outputs/run", help="Where the adapter/model, logs, checkpoints and metrics go.")
+    epochs: float = _f(1.0, help="Training epochs (ignored when max_steps > 0).", min=0.0, exclusive_min=True)
+    max_steps: int = _f(-1, help="Total optimiser steps; -1 to use epochs.", min=-1)
+    batch_size: int = _f(8, help="Per-device batch size.", min=1)
+    grad_accum: int = _f(1, help="Gradient accumulation steps.", min=1)
+    learning_rate: float = _f(2e-4, help="Peak learning rate.", min=0.0, max=1.0, exclusive_min=True)
+    lr_scheduler: str = _f("linear", help="transformers scheduler name: linear, cosine, constant, ...")
+    warmup_steps: int = _f(0, help="Linear warm-up steps.", min=0)
+    weight_decay: float = _f(0.0, help="AdamW weight decay.", min=0.0)
+    max_grad_norm: float = _f(1.0, help="Gradient clipping norm.", min=0.0)
+    optim: str = _f("adamw_torch", help="transformers optimiser name.")
+    packing: bool = _f(False, help="Pack several examples into each max_length sequence (causal models only).")
+    gradient_checkpointing: bool = _f(False, help="Trade compute for memory.")
+    logging_steps: int = _f(10, help="Log loss every N steps.", min=1)
+    save_steps: int = _f(500, help="Write a checkpoint every N steps.", min=1)
+    save_total_limit: int = _f(2, help="Keep at most N checkpoints.", min=1)
+    seed: int = _f(42, help="Training seed (model init, dropout, data order).")
+    report_to: list[str] = _f(help="Loggers: tensorboard, wandb, none.", factory=lambda: ["tensorboard"])
+    use_cpu: bool = _f(False, help="Force CPU even when a GPU is present.")
+    full_determinism: bool = _f(False, help="Deterministic kernels (slower); seeds are always set.")
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = _f(False, help="Train LoRA adapters instead of all weights.")
+    r: int = _f(8, help="LoRA rank.", min=1)
+    alpha: int = _f(16, help="LoRA scaling alpha.", min=1)
+    dropout: float = _f(0.05, help="LoRA dropout.", min=0.0, max=1.0)
+    target_modules: list[str] = _f(
+        help="Module names to adapt (default per architecture: GPT-2 c_attn; T5 q, v).", factory=list)
+    bias: Literal["none", "all", "lora_only"] = _f("none", help="Which biases to train.")
+    modules_to_save: list[str] = _f(help="Extra modules trained in full and saved with the adapter.", factory=list)
+
+
+@dataclass
+class QuantizationConfig:
+    load_in_4bit: bool = _f(False, help="QLoRA: load the base in 4 bits (bitsandbytes NF4); needs lora.enabled.")
+    load_in_8bit: bool = _f(False, help="Load the base in 8 bits (bitsandbytes LLM.int8).")
+    quant_type: Literal["nf4", "fp4"] = _f("nf4", help="4-bit data type.")
+    double_quant: bool = _f(True, help="Quantise the quantisation constants too.")
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
+        "auto", help="Matmul dtype of 4-bit layers. auto: bfloat16 on GPU, float32 on CPU.")
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = _f(64, help="Tokens to generate per example.", min=1)
+    num_beams: int = _f(1, help="Beam search width (1 = greedy).", min=1)
+    do_sample: bool = _f(False, help="Sample instead of greedy/beam decoding.")
+    temperature: float = _f(1.0, help="Sampling temperature.", min=0.0, exclusive_min=True)
+    top_p: float = _f(1.0, help="Nucleus sampling p.", min=0.0, max=1.0, exclusive_min=True)
+    repetition_penalty: float = _f(1.0, help="Repetition penalty (1 = off).", min=0.0, exclusive_min=True)
+
+
+@dataclass
+class EvalConfig:
+    before: bool = _f(True, help="Score the base model before training.")
+    after: bool = _f(True, help="Score the trained model after training.")
+    metrics: list[str] = _f(help="perplexity, bleu, rouge, exact_match, or evaluate:NAME (extra hub-metrics).",
+                            factory=lambda: ["perplexity", "bleu", "rouge", "exact_match"])
+    batch_size: int = _f(32, help="Evaluation batch size.", min=1)
+    max_samples: int | None = _f(None, help="Cap on examples scored (default: the whole eval split).", min=1)
+    generation: GenerationConfig = _f(help="Decoding settings for generation metrics.", factory=GenerationConfig)
+
+
+@dataclass
+class HubConfig:
+    push_to_hub: bool = _f(False, help="Push the result at the end of sft train.")
+    repo_id: str | None = _f(None, help="OWNER/NAME of the model repo.")
+    private: bool = _f(True, help="Create the repo as private.")
+    revision: str | None = _f(None, help="Branch to push to.")
+    license: str = _f("apache-2.0", help="License in the model card.")
+
+
+@dataclass
+class Recipe:
+    model: ModelConfig = _f(help="Base model and tokenizer.", factory=ModelConfig)
+    data: DataConfig = _f(help="Data sources, template and cleaning.", factory=DataConfig)
+    train: TrainConfig = _f(help="Optimisation and outputs.", factory=TrainConfig)
+    lora: LoraConfig = _f(help="LoRA adapters (peft).", factory=LoraConfig)
+    quantization: QuantizationConfig = _f(help="bitsandbytes quantisation (QLoRA).", factory=QuantizationConfig)
+    eval: EvalConfig = _f(help="Evaluation before and after training.", factory=EvalConfig)
+    hub: HubConfig = _f(help="Publishing to a model hub.", factory=HubConfig)
+
+    # Where the recipe came from (not part of the schema; set by load_recipe).
+    path: str = field(default="<recipe>", metadata={"internal": True})
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("path", None)
+        return d
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes what is trained (not where it is written)."""
+        d = self.to_dict()
+        d["train"].pop("output_dir", None)
+        d.pop("hub", None)
+        d.pop("eval", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---- validation -------------------------------------------------------------------------------
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false", dict: "a mapping"}.get(
+        tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value: Any, tp: Any, path: str, file: str) -> Any:
+    origin = typing.get_origin(tp)
+    bad = RecipeError(f"got {value!r}, expected {_type_name(tp)}", file=file, field=path)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, path, file)
+            except RecipeError:
+                continue
+        raise bad
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            close = difflib.get_close_matches(str(value), [str(a) for a in typing.get_args(tp)], n=1)
+            raise RecipeError(f"got {value!r}, expected {_type_name(tp)}", file=file, field=path,
+                              fix=f"did you mean {close[0]!r}?" if close else None)
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, (str, dict)) and not dataclasses.is_dataclass(item_tp) or (
+                isinstance(value, dict) and dataclasses.is_dataclass(item_tp)):
+            value = [value]  # a single item where a list is expected
+        if not isinstance(value, list):
+            raise bad
+        return [_coerce(v, item_tp, f"{path}.{i}", file) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise bad
+        return _build(tp, value, path, file)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+            raise bad
+        return float(value)
+    if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            raise bad
+        return value
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return value
+    raise bad
+
+
+def _check_range(value: Any, meta: dict, path: str, file: str) -> None:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and (value < lo or (meta.get("exclusive_min") and value == lo)):
+        op = ">" if meta.get("exclusive_min") else ">="
+        raise RecipeError(f"got {value!r}, expected a value {op} {lo}" + (f" and <= {hi}" if hi is not None else ""),
+                          file=file, field=path)
+    if hi is not None and value > hi:
+        raise RecipeError(f"got {value!r}, expected a value <= {hi}", file=file, field=path)
+
+
+def _schema_fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+
+
+def _build(cls: type, data: dict, prefix: str, file: str) -> Any:
+    fields = _schema_fields(cls)
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            fix = f"did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else \
+                f"valid keys: {', '.join(fields)}"
+            raise RecipeError("unknown key", file=file, field=path, fix=fix)
+        f = fields[key]
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and value is None:
+            raise RecipeError("is required", file=file, field=path)
+        v = _coerce(value, hints[key], path, file)
+        _check_range(v, f.metadata, path, file)
+        kwargs[key] = v
+    for name, f in fields.items():
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise RecipeError("is required", file=file, field=f"{prefix + '.' if prefix else ''}{name}")
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, raw: str, file: str) -> None:
+    parts = dotted.split(".")
+    node: Any = tree
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise RecipeError(f"no list item {part}", file=file, field=".".join(parts[: i + 1]))
+            node = node[int(part)]
+            continue
+        if part not in node or node[part] is None:
+            node[part] = [] if nxt.isdigit() else {}
+        node = node[part]
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    last = parts[-1]
+    if isinstance(node, list):
+        idx = int(last)
+        if idx == len(node):
+            node.append(value)
+        elif idx < len(node):
+            node[idx] = value
+        else:
+            raise RecipeError(f"no list item {idx}", file=file, field=dotted)
+    else:
+        node[last] = value
+
+
+def _validate_combinations(r: Recipe) -> None:
+    file = r.path
+    if r.quantization.load_in_4bit and r.quantization.load_in_8bit:
+        raise RecipeError("load_in_4bit and load_in_8bit are both on", file=file, field="quantization",
+                          fix="choose one")
+    if (r.quantization.load_in_4bit or r.quantization.load_in_8bit) and not r.lora.enabled:
+        raise RecipeError("a quantised base cannot be trained in full", file=file, field="quantization.load_in_4bit",
+                          fix="set lora.enabled: true (QLoRA) or turn quantisation off")
+    if (r.quantization.load_in_4bit or r.quantization.load_in_8bit) and r.model.init == "scratch":
+        pass  # allowed: quantise a scratch model (used by tests); weights are random either way
+    if not r.data.sources:
+        raise RecipeError("no data sources", file=file, field="data.sources",
+                          fix="add at least one source, e.g. '- path: builtin:synthetic'")
+    if r.data.eval_ratio + r.data.test_ratio >= 1.0:
+        raise RecipeError("eval_ratio + test_ratio must be < 1", file=file, field="data.eval_ratio")
+    for m in r.eval.metrics:
+        if m not in ("perplexity", "bleu", "rouge", "exact_match") and not m.startswith("evaluate:"):
+            close = difflib.get_close_matches(m, ["perplexity", "bleu", "rouge", "exact_match"], n=1)
+            raise RecipeError(f"unknown metric {m!r}", file=file, field="eval.metrics",
+                              fix=f"did you mean {close[0]!r}?" if close else
+                              "use perplexity, bleu, rouge, exact_match or evaluate:NAME")
+
+
+def recipe_from_dict(data: dict, *, path: str = "<recipe>", overrides: list[str] | tuple = ()) -> Recipe:
+    data = json.loads(json.dumps(data))  # deep copy, plain types
+    for ov in overrides:
+        if "=" not in ov:
+            raise RecipeError(f"override {ov!r} is not key=value", file="command line", field=ov,
+                              fix="write e.g. train.learning_rate=1e-4")
+        key, raw = ov.split("=", 1)
+        _set_dotted(data, key.strip(), raw, path)
+    recipe = _build(Recipe, data, "", path)
+    recipe.path = path
+    _validate_combinations(recipe)
+    return recipe
+
+
+def load_recipe(path: str, overrides: list[str] | tuple = ()) -> Recipe:
+    """Load, override and validate a recipe file. Raises RecipeError with one-line messages."""
+    if not os.path.exists(path):
+        raise RecipeError("recipe file not found", file=path, fix="check the path, e.g. recipes/quickstart.yaml")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"not UTF-8 text ({e.reason} at byte {e.start})", file=path, fix="save it as UTF-8") from e
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RecipeError(f"not valid YAML ({where}{problem})", file=path, fix="fix the YAML syntax") from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"top level is a {type(data).__name__}, expected a mapping of sections",
+                          file=path, fix="start the file with sections such as 'model:', 'data:', 'train:'")
+    return recipe_from_dict(data, path=path, overrides=overrides)
+
+
+def describe_schema(cls: type = Recipe, prefix: str = "") -> list[str]:
+    """One line per field: dotted path, default and help (the schema's documentation)."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for name, f in _schema_fields(cls).items():
+        path = f"{prefix}{name}"
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            lines.append(f"{path}: {f.metadata['help']}")
+            lines.extend(describe_schema(tp, path + "."))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "(required)"
+        lines.append(f"  {path} = {default!r}  -- {f.metadata['help']}")
+        if typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+            lines.extend(describe_schema(typing.get_args(tp)[0], path + ".N."))
+    return lines
