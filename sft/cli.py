@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from .errors import SftError
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[\w]+)+=")
 
 
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
@@ -152,8 +155,16 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     if debug:
         argv.remove("--debug")
+    # key=value overrides may sit anywhere (argparse would split them around options such as --resume)
+    overrides = [a for a in argv if _OVERRIDE.match(a)]
+    argv = [a for a in argv if not _OVERRIDE.match(a)]
     args = build_parser().parse_args(argv)
     args.debug = debug
+    if hasattr(args, "overrides"):
+        args.overrides = list(args.overrides or []) + overrides
+    elif overrides:
+        print(f"sft: error: {args.command} takes no key=value overrides (got {overrides[0]})", file=sys.stderr)
+        return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return run(args)

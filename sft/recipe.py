@@ -328,8 +328,11 @@ def _set_dotted(tree: dict, dotted: str, raw: str, file: str) -> None:
     for i, part in enumerate(parts[:-1]):
         nxt = parts[i + 1]
         if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise RecipeError(f"no list item {part}", file=file, field=".".join(parts[: i + 1]))
+            if not part.isdigit() or int(part) > len(node):
+                raise RecipeError(f"no list item {part}", file=file, field=".".join(parts[: i + 1]),
+                                  fix=f"the list has {len(node)} item(s); index up to {len(node)} (to append)")
+            if int(part) == len(node):
+                node.append([] if nxt.isdigit() else {})
             node = node[int(part)]
             continue
         if part not in node or node[part] is None:

@@ -1,0 +1,61 @@
+"""Batched generation: left padding for causal models, stop at EOS (and the template's stop markers),
+decode only the new tokens. Prompts are sorted by length so batches carry little padding."""
+
+from __future__ import annotations
+
+import torch
+
+
+def _pad(seqs: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if left:
+            ids[i, width - len(s):] = torch.tensor(s)
+            mask[i, width - len(s):] = 1
+        else:
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
+    for s in stops:
+        idx = text.find(s)
+        if idx >= 0:
+            text = text[:idx]
+    return text.strip()
+
+
+def generation_kwargs(gen) -> dict:
+    kw = dict(max_new_tokens=gen.max_new_tokens, num_beams=gen.num_beams, do_sample=gen.do_sample,
+              repetition_penalty=gen.repetition_penalty)
+    if gen.do_sample:
+        kw.update(temperature=gen.temperature, top_p=gen.top_p)
+    return kw
+
+
+@torch.no_grad()
+def generate_batched(model, tokenizer, prompts: list[list[int]], *, arch: str, gen, batch_size: int,
+                     stops: tuple[str, ...] = (), progress: bool = False) -> list[str]:
+    """Generated answer text for each tokenised prompt, in input order."""
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+    out: list[str] = [""] * len(prompts)
+    kwargs = generation_kwargs(gen)
+    batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="generating", leave=False)
+    for idx in batches:
+        ids, mask = _pad([prompts[i] for i in idx], tokenizer.pad_token_id, left=arch == "causal")
+        ids, mask = ids.to(device), mask.to(device)
+        seqs = model.generate(input_ids=ids, attention_mask=mask, pad_token_id=tokenizer.pad_token_id,
+                              eos_token_id=tokenizer.eos_token_id, **kwargs)
+        new = seqs[:, ids.shape[1]:] if arch == "causal" else seqs
+        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+        for i, t in zip(idx, texts):
+            out[i] = cut_at_stop(t, stops)
+    return out

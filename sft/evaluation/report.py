@@ -1,0 +1,219 @@
+"""Human-readable results: markdown tables (eval_report.md) and one self-contained report.html
+(no network: plots are embedded PNGs, the sort script is inline)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+
+from ..io import write_text_atomic
+
+METRIC_ORDER = ["perplexity", "bleu", "rouge1", "rouge2", "rougeL", "rougeLsum", "exact_match"]
+LOWER_IS_BETTER = {"perplexity"}
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:.2f}"
+    return str(v)
+
+
+def _ordered(keys) -> list[str]:
+    keys = list(keys)
+    return [k for k in METRIC_ORDER if k in keys] + sorted(k for k in keys if k not in METRIC_ORDER)
+
+
+def metrics_table(metrics: dict) -> str:
+    m = metrics["metrics"]
+    keys = _ordered(m)
+    lines = ["| task | n | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    lines.append(f"| **all** | {metrics['num_samples']} | " + " | ".join(_fmt(m.get(k)) for k in keys) + " |")
+    for task, t in metrics.get("per_task", {}).items():
+        lines.append(f"| {task} | {t['num_samples']} | " + " | ".join(_fmt(t.get(k)) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def before_after_table(before: dict | None, after: dict) -> str:
+    a = after["metrics"]
+    b = before["metrics"] if before else {}
+    lines = ["| metric | before | after | change |", "|---|---|---|---|"]
+    for k in _ordered(a):
+        change = "-" if k not in b else f"{a[k] - b[k]:+.4f}"
+        lines.append(f"| {k} | {_fmt(b.get(k))} | {_fmt(a[k])} | {change} |")
+    return "\n".join(lines)
+
+
+def render_eval_report(metrics: dict) -> str:
+    parts = [f"# Evaluation report\n",
+             f"- model: `{metrics['model']['name']}` ({metrics['model']['arch']}, "
+             f"{'LoRA adapter' if metrics['model']['adapter'] else 'full weights'}) at `{metrics['model']['path']}`",
+             f"- split: {metrics['split']}, {metrics['num_samples']} examples; recipe hash `{metrics['recipe_hash']}`",
+             "- BLEU 0-100 (sacrebleu; zh tokenizer for Chinese references); ROUGE F1 and exact match 0-1; "
+             "perplexity over answer tokens\n"]
+    if "before" in metrics:
+        parts += ["## Before and after training\n", before_after_table(metrics["before"], metrics), ""]
+    parts += ["## Per task (after)\n" if "before" in metrics else "## Per task\n", metrics_table(metrics), ""]
+    if "before" in metrics:
+        parts += ["## Per task (before)\n", metrics_table(metrics["before"]), ""]
+    if "train" in metrics:
+        t = metrics["train"]
+        parts += ["## Training\n", "| train loss | steps | runtime (s) | tokens/s | trainable params | peak memory (MB) |",
+                  "|---|---|---|---|---|---|",
+                  f"| {_fmt(t.get('train_loss'))} | {t.get('global_step')} | {t.get('train_runtime_s')} | "
+                  f"{t.get('tokens_per_second')} | {t.get('trainable_params'):,} of {t.get('total_params'):,} | "
+                  f"{t.get('peak_memory_mb')} |", ""]
+    return "\n".join(parts)
+
+
+# ---- plots ------------------------------------------------------------------------------------
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def read_loss_curve(path: str) -> list[tuple[int, float]]:
+    if not path or not os.path.exists(path):
+        return []
+    pts = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                rec = json.loads(line)
+                if "loss" in rec:
+                    pts.append((rec["step"], rec["loss"]))
+    return pts
+
+
+def loss_curve_figure(curves: dict[str, list[tuple[int, float]]]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, pts in curves.items():
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name, linewidth=1.5)
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("training loss (nats per answer token)")
+    ax.set_title("Training loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def metric_bars_figure(rows: dict[str, dict], keys: list[str], title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(rows)
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.6), squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        vals = [rows[n].get(k, float("nan")) for n in names]
+        ax.bar(np.arange(len(names)), vals, color=[f"C{i}" for i in range(len(names))])
+        ax.set_xticks(np.arange(len(names)))
+        ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
+        unit = {"bleu": "BLEU (0-100)", "perplexity": "perplexity (lower is better)"}.get(k, f"{k} (0-1)")
+        ax.set_ylabel(unit)
+        ax.set_title(k)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# ---- HTML -------------------------------------------------------------------------------------
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}
+td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:13px}th{background:#f3f3f3;cursor:pointer}
+th.sorted-asc:after{content:" \\25B2"}th.sorted-desc:after{content:" \\25BC"}pre{white-space:pre-wrap;margin:0;
+max-width:420px}img{max-width:100%;border:1px solid #eee}"""
+
+_JS = """function sortTable(th){const table=th.closest('table');const idx=[...th.parentNode.children].indexOf(th);
+const body=table.tBodies[0];const rows=[...body.rows];const asc=!th.classList.contains('sorted-asc');
+[...th.parentNode.children].forEach(h=>h.classList.remove('sorted-asc','sorted-desc'));
+th.classList.add(asc?'sorted-asc':'sorted-desc');rows.sort((a,b)=>{const x=a.cells[idx].dataset.v??a.cells[idx].innerText;
+const y=b.cells[idx].dataset.v??b.cells[idx].innerText;const nx=parseFloat(x),ny=parseFloat(y);
+const c=(!isNaN(nx)&&!isNaN(ny))?nx-ny:x.localeCompare(y);return asc?c:-c;});rows.forEach(r=>body.appendChild(r));}
+document.querySelectorAll('table.sortable th').forEach(th=>th.addEventListener('click',()=>sortTable(th)));"""
+
+
+def _table_html(header: list[str], rows: list[list], cls: str = "", ids: str = "") -> str:
+    h = "".join(f"<th>{html.escape(c)}</th>" for c in header)
+    body = []
+    for r in rows:
+        cells = []
+        for c in r:
+            if isinstance(c, float):
+                cells.append(f'<td data-v="{c!r}">{_fmt(c)}</td>')
+            elif isinstance(c, str) and "\n" in c:
+                cells.append(f"<td><pre>{html.escape(c)}</pre></td>")
+            else:
+                cells.append(f"<td>{html.escape(str(c))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f'<table class="{cls}" id="{ids}"><thead><tr>{h}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def _sample_score(row: dict) -> float:
+    s = row.get("scores") or {}
+    for k in ("rougeL", "exact_match", "bleu"):
+        if k in s:
+            return float(s[k])
+    if row.get("answer_tokens"):
+        return -row["nll"] / row["answer_tokens"]
+    return 0.0
+
+
+def html_page(title: str, sections: list[str]) -> str:
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{''.join(sections)}"
+            f"<script>{_JS}</script></body></html>")
+
+
+def write_html_report(path: str, metrics: dict, predictions: list[dict], *, train_log: str | None = None) -> None:
+    m = metrics["metrics"]
+    keys = _ordered(m)
+    sections = [f"<p>model <code>{html.escape(str(metrics['model']['name']))}</code> "
+                f"({metrics['model']['arch']}), split {metrics['split']}, {metrics['num_samples']} examples</p>"]
+    if "before" in metrics:
+        b = metrics["before"]["metrics"]
+        rows = [[k, b.get(k, float("nan")), m[k], m[k] - b.get(k, float("nan"))] for k in keys]
+        sections.append("<h2>Before and after training</h2>" +
+                        _table_html(["metric", "before", "after", "change"], rows, "sortable", "before-after"))
+    task_rows = [["all", metrics["num_samples"], *[m.get(k, float("nan")) for k in keys]]]
+    task_rows += [[t, v["num_samples"], *[v.get(k, float("nan")) for k in keys]]
+                  for t, v in metrics.get("per_task", {}).items()]
+    sections.append("<h2>Metrics per task</h2>" + _table_html(["task", "n", *keys], task_rows, "sortable", "per-task"))
+    curve = read_loss_curve(train_log)
+    if curve:
+        sections.append("<h2>Training loss</h2>"
+                        f"<img alt='training loss curve' src='data:image/png;base64,{_png(loss_curve_figure({'train': curve}))}'>")
+    bar_keys = [k for k in keys if k != "perplexity"][:4]
+    if bar_keys:
+        rows = {"after": m} if "before" in metrics else {"model": m}
+        if "before" in metrics:
+            rows = {"before": metrics["before"]["metrics"], **rows}
+        sections.append("<h2>Metrics</h2>"
+                        f"<img alt='metric bars' src='data:image/png;base64,"
+                        f"{_png(metric_bars_figure(rows, bar_keys, 'Generation metrics'))}'>")
+    score_keys = sorted({k for p in predictions for k in (p.get("scores") or {})}, key=lambda k: _ordered([k, *METRIC_ORDER]).index(k))
+    worst_first = sorted(predictions, key=_sample_score)
+    rows = [[p["task"], p["prompt"], p["reference"], p.get("prediction", ""),
+             *[float((p.get("scores") or {}).get(k, float("nan"))) for k in score_keys]] for p in worst_first]
+    sections.append("<h2>Predictions (worst first; click a header to sort)</h2>" +
+                    _table_html(["task", "prompt", "reference", "prediction", *score_keys], rows, "sortable",
+                                "predictions"))
+    write_text_atomic(path, html_page("sft evaluation report", sections))

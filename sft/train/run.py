@@ -1,0 +1,190 @@
+"""`sft train`: recipe -> data -> model -> (eval before) -> trainer -> save -> (eval after) -> push.
+
+Thin orchestration: the trainers are TRL's / transformers', built in `causal.py` and `seq2seq.py`.
+Under `accelerate launch` / `torchrun` every rank trains; only rank 0 evaluates and writes outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import shutil
+import time
+
+import torch
+
+from ..data.pipeline import encode, load_splits
+from ..errors import TrainError
+from ..io import read_json, write_json_atomic, write_text_atomic
+from ..modeling import apply_lora, count_parameters, get_tokenizer, load_model, resolve_arch
+from ..recipe import Recipe, load_recipe
+from .callbacks import JsonlLogger
+
+log = logging.getLogger("sft")
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def say(msg: str) -> None:
+    if rank() == 0:
+        print(f"[sft] {msg}", flush=True)
+
+
+def _checkpoints(out: str) -> list[str]:
+    if not os.path.isdir(out):
+        return []
+    cks = [d for d in os.listdir(out) if d.startswith("checkpoint-") and d.split("-")[-1].isdigit()]
+    return [os.path.join(out, d) for d in sorted(cks, key=lambda d: int(d.split("-")[-1]))]
+
+
+def check_output_dir(recipe: Recipe, *, resume: bool, overwrite: bool) -> str | None:
+    """Refuse to mix runs in one output_dir; return the checkpoint to resume from, if any."""
+    out = recipe.train.output_dir
+    saved = os.path.join(out, "recipe.yaml")
+    if os.path.exists(saved) and not overwrite:
+        other = load_recipe(saved)
+        if other.fingerprint() != recipe.fingerprint():
+            raise TrainError("output_dir holds a run of a different recipe", file=saved, field="train.output_dir",
+                             fix="choose another train.output_dir, or pass --overwrite to replace that run")
+    cks = _checkpoints(out)
+    if resume:
+        if not cks:
+            raise TrainError("nothing to resume: no checkpoint-* in output_dir", file=out, field="train.output_dir",
+                             fix="run without --resume to start training")
+        return cks[-1]
+    if cks and not overwrite:
+        raise TrainError(f"output_dir has checkpoints of an unfinished or earlier run ({os.path.basename(cks[-1])})",
+                         file=out, field="train.output_dir",
+                         fix="pass --resume to continue it or --overwrite to start over")
+    if overwrite and rank() == 0 and os.path.isdir(out):
+        shutil.rmtree(out)
+    return None
+
+
+def training_arguments(recipe: Recipe, *, on_gpu: bool) -> dict:
+    t = recipe.train
+    bf16 = on_gpu and torch.cuda.is_bf16_supported() and recipe.model.dtype in ("auto", "bfloat16") and \
+        not (recipe.quantization.load_in_4bit or recipe.quantization.load_in_8bit)
+    report_to = [r for r in t.report_to if r != "none"] or "none"
+    return dict(
+        output_dir=t.output_dir, num_train_epochs=t.epochs, max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, optim=t.optim,
+        logging_steps=t.logging_steps, logging_first_step=True, logging_nan_inf_filter=False,
+        save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
+        seed=t.seed, data_seed=t.seed, full_determinism=t.full_determinism, report_to=report_to,
+        use_cpu=t.use_cpu or not on_gpu, bf16=bf16, gradient_checkpointing=t.gradient_checkpointing,
+        eval_strategy="no", remove_unused_columns=True, disable_tqdm=False,
+        ddp_find_unused_parameters=False if world_size() > 1 else None,
+        dataloader_num_workers=0,
+    )
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> dict:
+    from transformers import set_seed
+
+    out = recipe.train.output_dir
+    resume_from = check_output_dir(recipe, resume=resume, overwrite=overwrite)
+    set_seed(recipe.train.seed)
+    arch = resolve_arch(recipe.model)
+    if arch == "seq2seq" and recipe.train.packing:
+        raise TrainError("packing is for causal models; seq2seq examples cannot be packed", file=recipe.path,
+                         field="train.packing", fix="set train.packing: false for T5-family models")
+    os.makedirs(out, exist_ok=True)
+    if rank() == 0:
+        write_text_atomic(os.path.join(out, "recipe.yaml"), recipe.to_yaml())
+
+    say(f"loading data ({len(recipe.data.sources)} source(s))")
+    splits = load_splits(recipe.data, recipe_file=recipe.path)
+    tokenizer = get_tokenizer(recipe, splits.train, arch)
+    d = recipe.data
+    enc = encode(splits.train, tokenizer, d.template, arch=arch, max_length=d.max_length, overlong=d.clean.overlong,
+                 system=d.system_prompt, report=splits.report)
+    if not enc.features:
+        raise TrainError("no training example fits", file=recipe.path, field="data.max_length",
+                         fix=f"raise data.max_length or set data.clean.overlong: trim ({splits.report.to_dict()})")
+    drops = splits.report.to_dict()
+    say(f"train {len(enc.features)} examples, eval {len(splits.eval)}; dropped {drops['dropped'] or 'none'}")
+
+    scratch_lora = recipe.model.init == "scratch" and recipe.lora.enabled
+    base_dir = os.path.join(out, "base_model") if scratch_lora and rank() == 0 else None
+    model = load_model(recipe, tokenizer, arch, base_save_dir=base_dir)
+    on_gpu = torch.cuda.is_available() and not recipe.train.use_cpu
+
+    from ..evaluation.run import evaluate_model, write_eval_outputs
+
+    before = None
+    if recipe.eval.before and rank() == 0 and splits.eval and not resume_from:
+        say("evaluating the base model")
+        before = evaluate_model(model, tokenizer, arch, splits.eval, recipe, label="before")
+        write_json_atomic(os.path.join(out, "eval_before.json"), before["metrics"])
+    elif resume_from and os.path.exists(os.path.join(out, "eval_before.json")):
+        before = {"metrics": read_json(os.path.join(out, "eval_before.json")), "predictions": None}
+
+    if recipe.lora.enabled:
+        model = apply_lora(recipe, model, arch)
+    trainable, total = count_parameters(model)
+    say(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.3f}%)")
+
+    from . import causal, seq2seq
+
+    builder = seq2seq if arch == "seq2seq" else causal
+    resume_step = int(resume_from.rsplit("-", 1)[-1]) if resume_from else None
+    callbacks = [JsonlLogger(os.path.join(out, "train_log.jsonl"), resume_step)] if rank() == 0 else []
+    trainer = builder.build_trainer(recipe, model, tokenizer, enc.features, training_arguments(recipe, on_gpu=on_gpu),
+                                    callbacks)
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.time()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    elapsed = time.time() - start
+    train_tokens = sum(len(f["input_ids"]) for f in enc.features)
+    steps_done = trainer.state.global_step - (resume_step or 0)
+    tokens_seen = train_tokens * (steps_done / max(trainer.state.max_steps, 1)) * (
+        trainer.state.num_train_epochs or 1)
+    summary = {
+        "train_loss": result.training_loss, "global_step": trainer.state.global_step,
+        "train_runtime_s": round(elapsed, 3), "train_examples": len(enc.features),
+        "tokens_per_second": round(tokens_seen / max(elapsed, 1e-9), 1),
+        "trainable_params": trainable, "total_params": total, "peak_memory_mb": round(peak_memory_mb(), 1),
+        "world_size": world_size(), "arch": arch, "data": {"per_source": splits.per_source, "drops": drops},
+    }
+    trainer.save_model(out)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(out)
+        trainer.save_state()
+        write_json_atomic(os.path.join(out, "train_summary.json"), summary)
+    if rank() != 0:
+        return summary
+
+    model = trainer.model
+    if hasattr(model, "module"):
+        model = model.module
+    metrics = {"train": summary}
+    if recipe.eval.after and splits.eval:
+        say("evaluating the trained model")
+        after = evaluate_model(model, tokenizer, arch, splits.eval, recipe, label="after")
+        metrics = write_eval_outputs(out, recipe, after, before=before, train_summary=summary)
+        from ..evaluation.report import before_after_table
+
+        print(before_after_table(before["metrics"] if before else None, after["metrics"]), flush=True)
+    if recipe.hub.push_to_hub:
+        from ..publish import push_command
+
+        push_command(out, repo_id=recipe.hub.repo_id, private=recipe.hub.private, revision=recipe.hub.revision)
+    say(f"done: outputs in {out}")
+    return metrics
