@@ -95,6 +95,7 @@ def peak_memory_mb() -> float:
 
 
 def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train per the recipe; returns the training summary (with "eval": metrics when evaluated)."""
     from transformers import set_seed
 
     out = recipe.train.output_dir
@@ -174,11 +175,10 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> d
     model = trainer.model
     if hasattr(model, "module"):
         model = model.module
-    metrics = {"train": summary}
     if recipe.eval.after and splits.eval:
         say("evaluating the trained model")
         after = evaluate_model(model, tokenizer, arch, splits.eval, recipe, label="after")
-        metrics = write_eval_outputs(out, recipe, after, before=before, train_summary=summary)
+        summary["eval"] = write_eval_outputs(out, recipe, after, before=before, train_summary=summary)
         from ..evaluation.report import before_after_table
 
         print(before_after_table(before["metrics"] if before else None, after["metrics"]), flush=True)
@@ -187,4 +187,4 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> d
 
         push_command(out, repo_id=recipe.hub.repo_id, private=recipe.hub.private, revision=recipe.hub.revision)
     say(f"done: outputs in {out}")
-    return metrics
+    return summary
