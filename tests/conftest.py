@@ -69,3 +69,31 @@ def write_recipe(path, recipe: dict) -> str:
     with open(path, "w") as fh:
         yaml.safe_dump(recipe, fh, sort_keys=False)
     return str(path)
+
+
+def _trained(tmp_path_factory, name, arch, mode):
+    from sft.recipe import recipe_from_dict
+    from sft.train.run import train
+
+    out = tmp_path_factory.mktemp(name) / "out"
+    r = tiny_recipe(arch, out, mode=mode, steps=40, train__report_to=["tensorboard"])
+    r["eval"] = {"before": True, "after": True, "max_samples": 12, "batch_size": 12,
+                 "generation": {"max_new_tokens": 10}}
+    train(recipe_from_dict(r, path=f"{name}.yaml"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_full(tmp_path_factory):
+    """A finished tiny GPT-2 full fine-tune with before/after evaluation."""
+    return _trained(tmp_path_factory, "full", "gpt2", "full")
+
+
+@pytest.fixture(scope="session")
+def trained_lora(tmp_path_factory):
+    return _trained(tmp_path_factory, "lora", "gpt2", "lora")
+
+
+@pytest.fixture(scope="session")
+def trained_t5_lora(tmp_path_factory):
+    return _trained(tmp_path_factory, "t5lora", "t5", "lora")

@@ -2,6 +2,7 @@
 
 metrics.json schema (version "sft.metrics/v1"):
     schema, model {name, arch, adapter, path}, recipe_hash, split, num_samples,
+    not_scored {reason: count}  (eval examples that could not be scored, e.g. prompt fills max_length),
     metrics {perplexity, bleu, rouge1, rouge2, rougeL, rougeLsum, exact_match}  (only those asked for),
     per_task {TASK: {num_samples, <same metrics>}},
     before {metrics, per_task, num_samples}  (when the base model was scored),
@@ -48,6 +49,9 @@ def evaluate_model(model, tokenizer, arch: str, records: list[dict], recipe: Rec
     model.eval()
     enc = encode(records, tokenizer, d.template, arch=arch, max_length=d.max_length, overlong="trim",
                  system=d.system_prompt)
+    if enc.report.total_dropped:
+        print(f"[sft] warning: {enc.report.total_dropped} eval example(s) not scored: "
+              f"{dict(enc.report.dropped)}", flush=True)
     records = enc.records
     refs = [final_answer(r) for r in records]
     metrics_wanted = list(e.metrics)
@@ -86,7 +90,8 @@ def evaluate_model(model, tokenizer, arch: str, records: list[dict], recipe: Rec
         per_task[task] = t
     if was_training:
         model.train()
-    return {"label": label, "arch": arch, "metrics": {"num_samples": len(records), "metrics": overall, "per_task": per_task},
+    return {"label": label, "arch": arch, "metrics": {"num_samples": len(records), "not_scored": dict(enc.report.dropped),
+                                                   "metrics": overall, "per_task": per_task},
             "predictions": preds_rows}
 
 

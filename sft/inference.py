@@ -1,0 +1,191 @@
+"""`sft generate` and `sft chat`: use a trained model with the run's own template and special tokens.
+
+Prompts go through the same rendering and tokenisation as training (`encode_prompts`), so the text a
+model sees at inference is byte-identical to what it was trained on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+
+from .data import formats
+from .data.clean import normalise_text
+from .data.pipeline import encode_prompts
+from .data.templates import get_template
+from .errors import DataError
+from .evaluation.generate import generate_batched
+from .recipe import GenerationConfig, Recipe, load_recipe
+
+
+def _run_recipe(model_dir: str) -> Recipe:
+    path = os.path.join(model_dir, "recipe.yaml")
+    if os.path.exists(path):
+        return load_recipe(path)
+    from .recipe import recipe_from_dict
+
+    return recipe_from_dict({"data": {"sources": [{"path": "builtin:synthetic"}]}}, path=path)
+
+
+def _generation(recipe: Recipe, overrides: dict) -> GenerationConfig:
+    return dataclasses.replace(recipe.eval.generation, **overrides)
+
+
+def row_to_messages(row: dict, lineno: int, file: str) -> list[dict]:
+    """An input line: {instruction[, input]}, {prompt}, or {messages: [...]} (ending with a user turn)."""
+    if isinstance(row.get("messages"), list) or isinstance(row.get("conversations"), list):
+        fmt = "messages" if "messages" in row else "sharegpt"
+        msgs = formats.FORMATS[fmt].convert(row, {})[0]
+    elif "instruction" in row:
+        msgs = [{"role": "user", "content": str(row["instruction"]), "input": str(row.get("input") or "")}]
+    elif "prompt" in row:
+        msgs = [{"role": "user", "content": str(row["prompt"])}]
+    else:
+        raise DataError(f"line {lineno}: expected 'instruction', 'prompt' or 'messages'; got {sorted(row)}",
+                        file=file, fix="write one JSON object per line, e.g. {\"instruction\": \"...\"}")
+    if msgs and msgs[-1]["role"] == "assistant":
+        msgs = msgs[:-1]
+    for m in msgs:
+        m["content"] = normalise_text(m["content"])
+    return msgs
+
+
+def _read_inputs(path: str) -> list[dict]:
+    fh = sys.stdin if path == "-" else open(path, encoding="utf-8")
+    rows = []
+    try:
+        for lineno, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"line {lineno}: invalid JSON ({e.msg})", file=path) from e
+    finally:
+        if fh is not sys.stdin:
+            fh.close()
+    return rows
+
+
+def generate_command(model_dir: str, input_path: str, out_path: str, gen_overrides: dict,
+                     batch_size: int | None = None) -> list[dict]:
+    from .modeling import load_for_inference
+
+    if input_path != "-" and not os.path.exists(input_path):
+        raise DataError("input file not found", file=input_path, field="--input")
+    model, tokenizer, arch = load_for_inference(model_dir)
+    recipe = _run_recipe(model_dir)
+    rows = _read_inputs(input_path)
+    records = [{"messages": row_to_messages(r, i + 1, input_path), "task": "", "source": ""} for i, r in enumerate(rows)]
+    prompts = encode_prompts(records, tokenizer, recipe.data.template, arch=arch, system=recipe.data.system_prompt)
+    stops = tuple(getattr(get_template(recipe.data.template), "stop", ()))
+    preds = generate_batched(model, tokenizer, prompts, arch=arch, gen=_generation(recipe, gen_overrides),
+                             batch_size=batch_size or recipe.eval.batch_size, stops=stops)
+    out_rows = [{**row, "prediction": p} for row, p in zip(rows, preds)]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out_rows)
+    if out_path == "-":
+        sys.stdout.write(text)
+    else:
+        from .io import write_text_atomic
+
+        write_text_atomic(out_path, text)
+    return out_rows
+
+
+class _StopStreamer:
+    """TextStreamer that stops printing at the template's stop marker."""
+
+    def __init__(self, tokenizer, stops: tuple[str, ...], prefix: str):
+        from transformers import TextStreamer
+
+        outer = self
+
+        class _S(TextStreamer):
+            def on_finalized_text(self, text: str, stream_end: bool = False):
+                outer.feed(text, stream_end)
+
+        self.streamer = _S(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.stops, self.prefix, self.text, self.printed, self.done = stops, prefix, "", 0, False
+        self.started = False
+
+    def feed(self, text: str, end: bool) -> None:
+        if not self.started:
+            print(self.prefix, end="", flush=True)
+            self.started = True
+        self.text += text
+        shown = self.text
+        for s in self.stops:
+            if s in shown:
+                shown = shown[: shown.index(s)]
+                self.done = True
+        # hold back a possible partial stop marker
+        hold = 0 if (end or self.done) else max((len(s) - 1 for s in self.stops), default=0)
+        upto = max(self.printed, len(shown) - hold)
+        print(shown[self.printed: upto], end="", flush=True)
+        self.printed = upto
+        if end:
+            print(flush=True)
+
+
+def _answer(model, tokenizer, arch, recipe, messages, gen, stream_prefix: str | None) -> str:
+    import torch
+
+    from .evaluation.generate import cut_at_stop, generation_kwargs
+
+    stops = tuple(getattr(get_template(recipe.data.template), "stop", ()))
+    ids = encode_prompts([{"messages": messages, "task": "", "source": ""}], tokenizer, recipe.data.template,
+                         arch=arch, system=recipe.data.system_prompt)[0]
+    device = next(model.parameters()).device
+    inp = torch.tensor([ids], device=device)
+    streamer = _StopStreamer(tokenizer, stops, stream_prefix) if stream_prefix is not None else None
+    with torch.no_grad():
+        out = model.generate(input_ids=inp, attention_mask=torch.ones_like(inp), pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id, streamer=streamer.streamer if streamer else None,
+                             **generation_kwargs(gen))
+    new = out[0, inp.shape[1]:] if arch == "causal" else out[0]
+    return cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), stops)
+
+
+def chat_command(model_dir: str, *, compare: str | None = None, gen: dict | None = None,
+                 stdin=None, out=None) -> None:
+    """Interactive chat. Commands: /reset clears the history, /exit quits. Reads stdin line by line."""
+    from .modeling import load_for_inference
+
+    stdin = stdin or sys.stdin
+    model, tokenizer, arch = load_for_inference(model_dir)
+    recipe = _run_recipe(model_dir)
+    g = _generation(recipe, gen or {})
+    base = None
+    if compare:
+        base = load_for_inference(compare)
+        base_recipe = _run_recipe(compare) if os.path.exists(os.path.join(compare, "recipe.yaml")) else recipe
+    print(f"sft chat: {model_dir} (template {recipe.data.template}); /reset clears history, /exit quits", flush=True)
+    history: list[dict] = []
+    base_history: list[dict] = []
+    interactive = stdin.isatty()
+    while True:
+        if interactive:
+            print("you> ", end="", flush=True)
+        line = stdin.readline()
+        if not line:
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text == "/exit":
+            break
+        if text == "/reset":
+            history, base_history = [], []
+            print("(history cleared)", flush=True)
+            continue
+        if not interactive:
+            print(f"you> {text}", flush=True)
+        history.append({"role": "user", "content": text})
+        answer = _answer(model, tokenizer, arch, recipe, history, g, stream_prefix="model> ")
+        history.append({"role": "assistant", "content": answer})
+        if base is not None:
+            base_history.append({"role": "user", "content": text})
+            b_answer = _answer(base[0], base[1], base[2], base_recipe, base_history, g, stream_prefix="base> ")
+            base_history.append({"role": "assistant", "content": b_answer})
+    print("bye", flush=True)

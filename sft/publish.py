@@ -1,0 +1,194 @@
+"""Publishing: the model card, `sft push` (Hub upload or --to-dir), and `sft merge`.
+
+The Hub token comes from HF_TOKEN or the user's existing login (huggingface_hub.get_token) and is
+passed to the API only: it is never written to disk, logs or the card.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import yaml
+
+from .errors import PublishError
+from .io import read_json, write_text_atomic
+from .recipe import Recipe, load_recipe
+
+WEIGHT_FILES = ("adapter_model.safetensors", "adapter_config.json", "model.safetensors", "config.json",
+                "generation_config.json", "model.safetensors.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "spiece.model", "added_tokens.json", "chat_template.jinja")
+EXTRA_FILES = ("recipe.yaml", "metrics.json", "train_summary.json", "eval_report.md")
+
+METRIC_NAMES = {"perplexity": "Perplexity", "bleu": "BLEU", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2",
+                "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum", "exact_match": "Exact match"}
+
+
+def _is_adapter(output_dir: str) -> bool:
+    return os.path.exists(os.path.join(output_dir, "adapter_config.json"))
+
+
+def _hub_datasets(recipe: Recipe) -> list[str]:
+    from .data.sources import _looks_local
+
+    return [s.path for s in recipe.data.sources if not s.path.startswith("builtin:") and not _looks_local(s.path)]
+
+
+def model_card(output_dir: str, repo_id: str | None, license: str = "apache-2.0") -> str:
+    """README.md with YAML front matter (base_model, datasets, library_name, pipeline_tag, tags, license,
+    model-index from metrics.json) and a body: recipe, data, hyperparameters, metrics, how to load."""
+    recipe = load_recipe(os.path.join(output_dir, "recipe.yaml"))
+    metrics_path = os.path.join(output_dir, "metrics.json")
+    metrics = read_json(metrics_path) if os.path.exists(metrics_path) else None
+    adapter = _is_adapter(output_dir)
+    arch = (metrics or {}).get("model", {}).get("arch")
+    if arch is None:
+        from .modeling import resolve_arch
+
+        arch = resolve_arch(recipe.model)
+    pipeline_tag = "text2text-generation" if arch == "seq2seq" else "text-generation"
+    name = repo_id or os.path.basename(os.path.abspath(output_dir))
+    tags = ["sft", "trl" if arch == "causal" else "seq2seq", "generated_from_trainer"]
+    if adapter:
+        tags += ["lora", "peft"] + (["qlora"] if recipe.quantization.load_in_4bit else [])
+    front: dict = {"library_name": "peft" if adapter else "transformers", "license": license,
+                   "pipeline_tag": pipeline_tag, "tags": tags}
+    if recipe.model.init == "pretrained":
+        front["base_model"] = recipe.model.name
+    datasets = _hub_datasets(recipe)
+    if datasets:
+        front["datasets"] = datasets
+    if metrics:
+        results = [{"type": k, "name": METRIC_NAMES.get(k, k), "value": round(float(v), 4)}
+                   for k, v in metrics["metrics"].items()]
+        front["model-index"] = [{"name": name, "results": [{
+            "task": {"type": pipeline_tag, "name": "Instruction following"},
+            "dataset": {"type": datasets[0] if datasets else "custom", "name": ", ".join(
+                s.path for s in recipe.data.sources), "split": metrics.get("split", "eval")},
+            "metrics": results}]}]
+    t = recipe.train
+    lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip(), "---", "",
+             f"# {name}", "",
+             f"{'A LoRA adapter for' if adapter else 'A fine-tune of'} `{recipe.model.name}`"
+             f"{' (initialised from scratch)' if recipe.model.init == 'scratch' else ''}, trained with "
+             f"[sft](https://github.com/) ({'TRL SFTTrainer' if arch == 'causal' else 'transformers Seq2SeqTrainer'}).",
+             "", "## Data", ""]
+    for s in recipe.data.sources:
+        lines.append(f"- `{s.path}` (format {s.format}, weight {s.weight}"
+                     f"{f', max {s.max_samples}' if s.max_samples else ''})")
+    lines += ["", f"Prompt template: `{recipe.data.template}`; max length {recipe.data.max_length} tokens.", "",
+              "## Hyperparameters", "", "| setting | value |", "|---|---|"]
+    hp = {"epochs": t.epochs, "max_steps": t.max_steps, "batch size": t.batch_size, "grad accumulation": t.grad_accum,
+          "learning rate": t.learning_rate, "scheduler": t.lr_scheduler, "warmup steps": t.warmup_steps,
+          "seed": t.seed}
+    if adapter:
+        hp.update({"LoRA r": recipe.lora.r, "LoRA alpha": recipe.lora.alpha, "LoRA dropout": recipe.lora.dropout,
+                   "LoRA targets": ", ".join(recipe.lora.target_modules) or "architecture default",
+                   "4-bit base (QLoRA)": recipe.quantization.load_in_4bit})
+    lines += [f"| {k} | {v} |" for k, v in hp.items()]
+    if metrics:
+        from .evaluation.report import before_after_table, metrics_table
+
+        lines += ["", "## Evaluation", "", f"On the {metrics.get('split', 'eval')} split "
+                  f"({metrics['num_samples']} examples). BLEU 0-100; ROUGE and exact match 0-1.", ""]
+        lines += [before_after_table(metrics["before"], metrics) if "before" in metrics else metrics_table(metrics)]
+    repo = repo_id or "OWNER/NAME"
+    lines += ["", "## How to use", "", "```python"]
+    if adapter:
+        cls = "AutoModelForSeq2SeqLM" if arch == "seq2seq" else "AutoModelForCausalLM"
+        lines += ["from peft import PeftModel", f"from transformers import {cls}, AutoTokenizer", "",
+                  f"tokenizer = AutoTokenizer.from_pretrained('{repo}')"]
+        if recipe.model.init == "scratch":
+            lines += [f"base = {cls}.from_pretrained('{repo}', subfolder='base_model')"]
+        else:
+            lines += [f"base = {cls}.from_pretrained('{recipe.model.name}')"]
+        lines += [f"model = PeftModel.from_pretrained(base, '{repo}')"]
+    else:
+        cls = "AutoModelForSeq2SeqLM" if arch == "seq2seq" else "AutoModelForCausalLM"
+        lines += [f"from transformers import {cls}, AutoTokenizer", "",
+                  f"tokenizer = AutoTokenizer.from_pretrained('{repo}')",
+                  f"model = {cls}.from_pretrained('{repo}')"]
+    lines += ["```", "", f"Or with sft (same template as training): `sft generate {repo} --input prompts.jsonl`", ""]
+    return "\n".join(lines)
+
+
+def stage(output_dir: str, dest: str, repo_id: str | None, license: str = "apache-2.0") -> list[str]:
+    """Copy exactly what would be uploaded into `dest`; returns the relative paths."""
+    if not os.path.exists(os.path.join(output_dir, "recipe.yaml")):
+        raise PublishError("not a training output directory (no recipe.yaml)", file=output_dir,
+                           fix="pass the train.output_dir of a finished sft train run")
+    if not any(os.path.exists(os.path.join(output_dir, f)) for f in ("adapter_model.safetensors", "model.safetensors",
+                                                                     "model.safetensors.index.json")):
+        raise PublishError("no trained weights in the output directory", file=output_dir,
+                           fix="wait for sft train to finish (or resume it)")
+    os.makedirs(dest, exist_ok=True)
+    copied = []
+    for f in sorted(os.listdir(output_dir)):
+        if f in WEIGHT_FILES + TOKENIZER_FILES + EXTRA_FILES or (f.startswith("model-") and f.endswith(".safetensors")):
+            shutil.copy2(os.path.join(output_dir, f), os.path.join(dest, f))
+            copied.append(f)
+    base = os.path.join(output_dir, "base_model")
+    if _is_adapter(output_dir) and os.path.isdir(base):  # scratch base: the adapter needs it to load
+        shutil.copytree(base, os.path.join(dest, "base_model"), dirs_exist_ok=True)
+        copied += [f"base_model/{f}" for f in sorted(os.listdir(base))]
+    write_text_atomic(os.path.join(dest, "README.md"), model_card(output_dir, repo_id, license))
+    copied.append("README.md")
+    return copied
+
+
+def push_command(output_dir: str, *, repo_id: str | None, private: bool = True, revision: str | None = None,
+                 to_dir: str | None = None) -> list[str]:
+    recipe = load_recipe(os.path.join(output_dir, "recipe.yaml")) if os.path.exists(
+        os.path.join(output_dir, "recipe.yaml")) else None
+    license = recipe.hub.license if recipe else "apache-2.0"
+    if to_dir:
+        files = stage(output_dir, to_dir, repo_id, license)
+        print(f"[sft] wrote {len(files)} files to {to_dir}: {', '.join(files)}")
+        return files
+    if not repo_id:
+        raise PublishError("no repository id", field="--repo-id / hub.repo_id", fix="pass --repo-id OWNER/NAME")
+    from huggingface_hub import HfApi, get_token
+
+    token = os.environ.get("HF_TOKEN") or get_token()
+    if not token:
+        raise PublishError("no Hub token found", field="HF_TOKEN",
+                           fix="export HF_TOKEN=... or run `hf auth login` (the token is never written by sft)")
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = stage(output_dir, tmp, repo_id, license)
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            if revision:
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
+            api.upload_folder(folder_path=tmp, repo_id=repo_id, revision=revision,
+                              commit_message=f"sft: upload {os.path.basename(os.path.abspath(output_dir))}")
+        except Exception as e:
+            raise PublishError(f"upload to {repo_id!r} failed ({type(e).__name__}: {str(e).splitlines()[0][:160]})",
+                               field="--repo-id", fix="check the repo id, your token's write access and the network"
+                               ) from e
+    print(f"[sft] pushed {len(files)} files to https://huggingface.co/{repo_id}")
+    return files
+
+
+def merge_adapter(output_dir: str, out: str) -> str:
+    """Merge a LoRA adapter into its base (float32) and save a standalone model + tokenizer."""
+    import torch
+
+    from .modeling import load_for_inference
+
+    if not _is_adapter(output_dir):
+        raise PublishError("no LoRA adapter here (adapter_config.json missing)", file=output_dir,
+                           fix="merge applies to runs with lora.enabled: true; a full fine-tune is already standalone")
+    model, tokenizer, arch = load_for_inference(output_dir, device="cpu", dtype=torch.float32)
+    merged = model.merge_and_unload()
+    merged.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    if os.path.exists(os.path.join(output_dir, "recipe.yaml")):
+        recipe = load_recipe(os.path.join(output_dir, "recipe.yaml"))
+        recipe.lora.enabled = False
+        recipe.quantization.load_in_4bit = recipe.quantization.load_in_8bit = False
+        write_text_atomic(os.path.join(out, "recipe.yaml"), recipe.to_yaml())
+    print(f"[sft] merged adapter into its base: {out}")
+    return out
