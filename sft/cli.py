@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "bench":
         from .bench import bench_command
 
-        return bench_command(args.bench, out=args.out, check=args.check)
+        return bench_command(args.bench, out=args.out, check_ref=args.check)
     if args.command == "build-data":
         from .construct.build import build_data_command
 

@@ -120,3 +120,12 @@ def test_nonfinite_loss_stops_with_step(tmp_path, monkeypatch):
         train(r)
     assert (tmp_path / "out" / "checkpoint-10").exists() and not (tmp_path / "out" / "checkpoint-20").exists()
     assert not (tmp_path / "out" / "model.safetensors").exists()  # no final model from a broken run
+
+
+def test_qlora_cpu_evaluates_before_and_after(tmp_path):
+    """bitsandbytes repacks 4-bit CPU weights on first inference; scoring the base must not break training."""
+    r = tiny_recipe("gpt2", tmp_path / "out", mode="qlora", steps=6)
+    r["eval"] = {"before": True, "after": True, "max_samples": 4, "metrics": ["perplexity", "exact_match"],
+                 "generation": {"max_new_tokens": 4}}
+    summary = train(recipe_from_dict(r, path="q.yaml"))
+    assert "before" in summary["eval"] and summary["eval"]["metrics"]["perplexity"] > 0

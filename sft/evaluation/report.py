@@ -128,6 +128,8 @@ def metric_bars_figure(rows: dict[str, dict], keys: list[str], title: str):
         ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
         unit = {"bleu": "BLEU (0-100)", "perplexity": "perplexity (lower is better)"}.get(k, f"{k} (0-1)")
         ax.set_ylabel(unit)
+        if k == "perplexity":
+            ax.set_yscale("log")
         ax.set_title(k)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title)

@@ -123,15 +123,22 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> d
 
     scratch_lora = recipe.model.init == "scratch" and recipe.lora.enabled
     base_dir = os.path.join(out, "base_model") if scratch_lora and rank() == 0 else None
-    model = load_model(recipe, tokenizer, arch, base_save_dir=base_dir)
     on_gpu = torch.cuda.is_available() and not recipe.train.use_cpu
+    model = load_model(recipe, tokenizer, arch, base_save_dir=base_dir)
 
     from ..evaluation.run import evaluate_model, write_eval_outputs
 
     before = None
     if recipe.eval.before and rank() == 0 and splits.eval and not resume_from:
         say("evaluating the base model")
-        before = evaluate_model(model, tokenizer, arch, splits.eval, recipe, label="before")
+        eval_model = model
+        quantized = recipe.quantization.load_in_4bit or recipe.quantization.load_in_8bit
+        if quantized and not on_gpu:
+            # bitsandbytes repacks 4-bit CPU weights for inference the first time they run in eval mode,
+            # after which they cannot train: score the base on a separate (identical) copy.
+            eval_model = load_model(recipe, tokenizer, arch)
+        before = evaluate_model(eval_model, tokenizer, arch, splits.eval, recipe, label="before")
+        del eval_model
         write_json_atomic(os.path.join(out, "eval_before.json"), before["metrics"])
     elif resume_from and os.path.exists(os.path.join(out, "eval_before.json")):
         before = {"metrics": read_json(os.path.join(out, "eval_before.json")), "predictions": None}

@@ -1,0 +1,26 @@
+# sft on a CUDA PyTorch base. Build: docker build -t sft .
+# Run:   docker run --gpus all -v $PWD/outputs:/app/outputs -e HF_TOKEN sft \
+#          accelerate launch --config_file accelerate_configs/single_gpu.yaml -m sft train recipes/gpt2/alpaca-lora.yaml
+#        docker run --gpus all sft train recipes/quickstart.yaml      (entrypoint: sft)
+FROM pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    TOKENIZERS_PARALLELISM=false
+
+WORKDIR /app
+
+COPY pyproject.toml README.md ./
+COPY sft ./sft
+RUN pip install --no-cache-dir ".[hub-metrics]"
+
+COPY recipes ./recipes
+COPY accelerate_configs ./accelerate_configs
+COPY benchmarks ./benchmarks
+COPY docker/entrypoint.sh /usr/local/bin/sft-entrypoint
+
+RUN useradd --create-home --uid 1000 sft && chown -R sft /app
+USER sft
+
+ENTRYPOINT ["/usr/local/bin/sft-entrypoint"]
+CMD ["--help"]

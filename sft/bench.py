@@ -1,0 +1,193 @@
+"""`sft bench`: a matrix of recipes x methods, one `sft train` subprocess per run (so peak memory is
+per run), then a markdown table, PNG plots and an HTML page. `--check REF.md` compares the metric
+columns with a committed table and fails listing the cells outside tolerance.
+
+Bench file:
+    name: cpu-suite
+    recipes: {gpt2: recipes/quickstart.yaml, t5: recipes/quickstart-t5.yaml}
+    methods: {full: [], lora: [lora.enabled=true], qlora: [lora.enabled=true, quantization.load_in_4bit=true]}
+    overrides: [train.epochs=2]          # applied to every run
+    tolerance: {perplexity: 0.02, bleu: 0.5, rougeL: 0.005, exact_match: 0.005}
+      # perplexity: relative; the others: absolute (BLEU points, ROUGE/EM fractions)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import yaml
+
+from .errors import RecipeError
+from .io import read_json, write_json_atomic, write_text_atomic
+
+COLUMNS = ["run", "model", "method", "trainable params", "train time (s)", "tokens/s", "peak memory (MB)",
+           "perplexity", "BLEU", "ROUGE-L", "exact match"]
+METRIC_COLUMNS = {"perplexity": "perplexity", "BLEU": "bleu", "ROUGE-L": "rougeL", "exact match": "exact_match"}
+DEFAULT_TOLERANCE = {"perplexity": 0.02, "bleu": 0.5, "rougeL": 0.005, "exact_match": 0.005}
+
+
+def load_bench(path: str) -> dict:
+    if not os.path.exists(path):
+        raise RecipeError("bench file not found", file=path)
+    with open(path, encoding="utf-8") as fh:
+        spec = yaml.safe_load(fh) or {}
+    if not isinstance(spec, dict) or not isinstance(spec.get("recipes"), dict) or not spec["recipes"]:
+        raise RecipeError("a bench needs 'recipes: {NAME: recipe.yaml, ...}'", file=path, field="recipes")
+    unknown = set(spec) - {"name", "recipes", "methods", "overrides", "tolerance", "description"}
+    if unknown:
+        raise RecipeError(f"unknown key(s) {sorted(unknown)}", file=path,
+                          fix="use name, description, recipes, methods, overrides, tolerance")
+    spec.setdefault("name", os.path.splitext(os.path.basename(path))[0])
+    spec.setdefault("methods", {"full": []})
+    spec.setdefault("overrides", [])
+    spec["tolerance"] = {**DEFAULT_TOLERANCE, **(spec.get("tolerance") or {})}
+    return spec
+
+
+def _fmt_params(n: int) -> str:
+    return f"{n / 1e6:.3f}M" if n >= 1e5 else f"{n:,}"
+
+
+def run_matrix(spec: dict, out: str, *, bench_dir: str) -> list[dict]:
+    rows = []
+    runs = [(m, r, meth) for m, r in spec["recipes"].items() for meth in spec["methods"]]
+    for i, (model_name, recipe_path, method) in enumerate(runs, 1):
+        name = f"{model_name}-{method}"
+        run_dir = os.path.join(out, "runs", name)
+        rpath = recipe_path if os.path.isabs(recipe_path) else os.path.join(bench_dir, recipe_path)
+        if not os.path.exists(rpath):
+            rpath = recipe_path  # relative to the current directory
+        overrides = list(spec["overrides"]) + list(spec["methods"][method] or []) + [f"train.output_dir={run_dir}"]
+        print(f"[sft bench] ({i}/{len(runs)}) {name}: sft train {rpath} {' '.join(overrides)}", flush=True)
+        start = time.time()
+        proc = subprocess.run([sys.executable, "-m", "sft", "train", rpath, "--overwrite", *overrides],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            lines = (proc.stderr + proc.stdout).replace("\r", "\n").splitlines()
+            errs = [ln for ln in lines if ln.startswith("sft: error") or "Error:" in ln] or lines[-1:] or ["?"]
+            raise RecipeError(f"run {name} failed: {errs[-1].strip()}", field=f"recipes.{model_name} / "
+                              f"methods.{method}", fix=f"run it alone: sft train {rpath} {' '.join(overrides)}")
+        metrics = read_json(os.path.join(run_dir, "metrics.json"))
+        t = metrics["train"]
+        rows.append({"run": name, "model": model_name, "method": method, "trainable_params": t["trainable_params"],
+                     "total_params": t["total_params"], "train_time_s": t["train_runtime_s"],
+                     "tokens_per_second": t["tokens_per_second"], "peak_memory_mb": t["peak_memory_mb"],
+                     "metrics": metrics["metrics"], "wall_s": round(time.time() - start, 1), "run_dir": run_dir})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        m = r["metrics"]
+        cells = [r["run"], r["model"], r["method"], _fmt_params(r["trainable_params"]), f"{r['train_time_s']:.1f}",
+                 f"{r['tokens_per_second']:.0f}", f"{r['peak_memory_mb']:.0f}", f"{m.get('perplexity', float('nan')):.4f}",
+                 f"{m.get('bleu', float('nan')):.2f}", f"{m.get('rougeL', float('nan')):.4f}",
+                 f"{m.get('exact_match', float('nan')):.4f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_table(text: str) -> dict[str, dict[str, str]]:
+    """Rows of the first markdown table whose header starts with 'run', keyed by run name."""
+    rows, header = {}, None
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            if header and rows:
+                break
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if header is None:
+            if cells and cells[0] == "run":
+                header = cells
+            continue
+        if set("".join(cells)) <= set("-: "):
+            continue
+        rows[cells[0]] = dict(zip(header, cells))
+    return rows
+
+
+def check(rows: list[dict], reference_text: str, tolerance: dict) -> list[str]:
+    """Differences between this bench's metric cells and a reference table, beyond tolerance."""
+    ref = parse_table(reference_text)
+    problems = []
+    got = parse_table(table(rows))
+    for name, ref_row in ref.items():
+        if name not in got:
+            problems.append(f"{name}: in the reference but not run")
+            continue
+        for col, key in METRIC_COLUMNS.items():
+            a, b = float(got[name][col]), float(ref_row[col])
+            tol = tolerance[key]
+            ok = abs(a - b) <= tol * abs(b) if key == "perplexity" else abs(a - b) <= tol
+            if not ok:
+                unit = f"±{tol:.0%} relative" if key == "perplexity" else f"±{tol}"
+                problems.append(f"{name}: {col} {a} vs reference {b} (tolerance {unit})")
+    for name in got:
+        if name not in ref:
+            problems.append(f"{name}: not in the reference table")
+    return problems
+
+
+def write_outputs(out: str, spec: dict, rows: list[dict]) -> None:
+    from .evaluation.report import (_png, html_page, loss_curve_figure, metric_bars_figure, read_loss_curve,
+                                    _table_html)
+
+    curves = {r["run"]: read_loss_curve(os.path.join(r["run_dir"], "train_log.jsonl")) for r in rows}
+    fig = loss_curve_figure(curves)
+    fig.savefig(os.path.join(out, "loss_curves.png"), dpi=110, bbox_inches="tight")
+    fig = metric_bars_figure({r["run"]: r["metrics"] for r in rows}, ["perplexity", "bleu", "rougeL", "exact_match"],
+                             f"{spec['name']}: metrics per run (eval split)")
+    fig.savefig(os.path.join(out, "metrics.png"), dpi=110, bbox_inches="tight")
+    import platform
+
+    import torch
+
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}" + (
+        f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
+    md = [f"# Benchmark: {spec['name']}", "", spec.get("description", "").strip(), "",
+          f"Machine: {machine}. Metrics on each recipe's eval split; BLEU 0-100, ROUGE-L and exact match 0-1, "
+          "perplexity over answer tokens. Train time, tokens/s and peak memory (max RSS on CPU, "
+          "max allocated on GPU) vary by machine and are not checked.", "", table(rows), "",
+          "![training loss](loss_curves.png)", "", "![metrics](metrics.png)", ""]
+    write_text_atomic(os.path.join(out, "results.md"), "\n".join(md))
+    write_json_atomic(os.path.join(out, "results.json"), {"name": spec["name"], "machine": machine, "runs": rows})
+    header = COLUMNS
+    body = [[c for c in parse_table(table([r]))[r["run"]].values()] for r in rows]
+    page = html_page(f"sft bench: {spec['name']}", [
+        _table_html(header, body, "sortable", "bench"),
+        f"<h2>Training loss</h2><img alt='loss curves' src='data:image/png;base64,{_png(loss_curve_figure(curves))}'>",
+        "<h2>Metrics</h2><img alt='metrics' src='data:image/png;base64,"
+        f"{_png(metric_bars_figure({r['run']: r['metrics'] for r in rows}, ['perplexity', 'bleu', 'rougeL', 'exact_match'], spec['name']))}'>"])
+    write_text_atomic(os.path.join(out, "report.html"), page)
+
+
+def bench_command(path: str, *, out: str | None = None, check_ref: str | None = None) -> int:
+    spec = load_bench(path)
+    reference_text = None
+    if check_ref:  # read first: --out may be the reference's own folder
+        if not os.path.exists(check_ref):
+            raise RecipeError("reference table not found", file=check_ref, field="--check")
+        with open(check_ref, encoding="utf-8") as fh:
+            reference_text = fh.read()
+        if not parse_table(reference_text):
+            raise RecipeError("no results table (header starting with 'run') in the reference", file=check_ref)
+    out = out or os.path.join("outputs", "bench", spec["name"])
+    os.makedirs(out, exist_ok=True)
+    rows = run_matrix(spec, out, bench_dir=os.path.dirname(os.path.abspath(path)))
+    write_outputs(out, spec, rows)
+    print(table(rows))
+    print(f"[sft bench] wrote {out}/results.md, results.json, loss_curves.png, metrics.png, report.html")
+    if check_ref:
+        problems = check(rows, reference_text, spec["tolerance"])
+        if problems:
+            print(f"[sft bench] CHECK FAILED against {check_ref}:", file=sys.stderr)
+            for p in problems:
+                print(f"  {p}", file=sys.stderr)
+            return 1
+        print(f"[sft bench] check passed against {check_ref}")
+    return 0
