@@ -166,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sft: error: {args.command} takes no key=value overrides (got {overrides[0]})", file=sys.stderr)
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # bitsandbytes warns on CPU that an optional kernels package is missing; its pure-torch path works.
+    import logging
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
         return run(args)
     except SftError as e:

@@ -129,3 +129,50 @@ def test_qlora_cpu_evaluates_before_and_after(tmp_path):
                  "generation": {"max_new_tokens": 4}}
     summary = train(recipe_from_dict(r, path="q.yaml"))
     assert "before" in summary["eval"] and summary["eval"]["metrics"]["perplexity"] > 0
+
+
+def test_packing_trains(tmp_path):
+    r = recipe_from_dict(tiny_recipe("gpt2", tmp_path / "out", steps=15, train__packing=True), path="p.yaml")
+    train(r)
+    ls = losses(tmp_path / "out")
+    assert ls[-1] < ls[0]
+
+
+def test_same_recipe_twice_gives_identical_metrics(tmp_path):
+    def run(name):
+        r = tiny_recipe("gpt2", tmp_path / name, steps=12)
+        r["eval"] = {"before": True, "after": True, "max_samples": 8, "generation": {"max_new_tokens": 6}}
+        train(recipe_from_dict(r, path="twice.yaml"))
+        m = json.loads((tmp_path / name / "metrics.json").read_text())
+        return {k: m[k] for k in ("metrics", "per_task", "before", "num_samples")}
+
+    assert run("a") == run("b")
+
+
+def test_trust_remote_code_warns_and_pickle_needs_opt_in(tmp_path):
+    import warnings
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from sft.errors import ModelError
+    from sft.modeling import load_model
+    from sft.data.tokenizer import build_tokenizer
+
+    tok = build_tokenizer("byte", [], vocab_size=300, arch="causal")
+    r = recipe_from_dict(tiny_recipe("gpt2", tmp_path / "o", model__trust_remote_code=True), path="t.yaml")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_model(r, tok, "causal")
+    assert any("trust_remote_code is on" in str(w.message) for w in caught)
+
+    pickled = tmp_path / "pickled"
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=1, n_embd=32, n_head=2)).save_pretrained(
+        pickled, safe_serialization=False)
+    assert (pickled / "pytorch_model.bin").exists()
+    base = tiny_recipe("gpt2", tmp_path / "o")
+    base["model"] = {"name": str(pickled), "init": "pretrained"}
+    with pytest.raises(ModelError, match="allow_pickle"):
+        load_model(recipe_from_dict(base, path="p.yaml"), tok, "causal")
+    base["model"]["allow_pickle"] = True
+    model = load_model(recipe_from_dict(base, path="p.yaml"), tok, "causal")
+    assert model.config.n_layer == 1

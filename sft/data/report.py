@@ -29,7 +29,8 @@ def print_data_report(recipe: Recipe, show: int = 3) -> dict:
                  overlong=d.clean.overlong, system=d.system_prompt, report=splits.report)
     ev = encode(splits.eval, tokenizer, d.template, arch=arch, max_length=d.max_length,
                 overlong=d.clean.overlong, system=d.system_prompt, report=splits.report)
-    print(f"model architecture: {arch}; template: {d.template}; tokenizer: {type(tokenizer).__name__} "
+    tpl = d.template if "\n" not in d.template and len(d.template) < 60 else repr(d.template[:60])
+    print(f"model architecture: {arch}; template: {tpl}; tokenizer: {type(tokenizer).__name__} "
           f"(vocab {len(tokenizer)})")
     for name, s in splits.per_source.items():
         how = "detected" if s["detected"] else "from recipe"

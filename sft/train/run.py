@@ -111,6 +111,9 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> d
 
     say(f"loading data ({len(recipe.data.sources)} source(s))")
     splits = load_splits(recipe.data, recipe_file=recipe.path)
+    for name, info in splits.per_source.items():
+        say(f"source {name}: format {info['format']} ({'detected' if info['detected'] else 'from recipe'}), "
+            f"{info['rows']} rows -> {info['examples']} examples")
     tokenizer = get_tokenizer(recipe, splits.train, arch)
     d = recipe.data
     enc = encode(splits.train, tokenizer, d.template, arch=arch, max_length=d.max_length, overlong=d.clean.overlong,
