@@ -77,6 +77,12 @@ def test_self_instruct_runs_for_real_and_resumes(tiny_generator, tmp_path):
 seed: 1
 near_dup_threshold: 0.7
 splits: {{train: 1.0}}
+tasks:
+  - name: greet
+    instructions: ["Say hello to {{who}}."]
+    output: "Hello, {{who}}!"
+    rows: [{{who: Ann}}, {{who: Bo}}]
+    per_task: 2
 self_instruct:
   seed_tasks: {seeds}
   generator: {tiny_generator}
@@ -96,7 +102,7 @@ self_instruct:
     pool = (work / "pool.jsonl").read_text().splitlines() if (work / "pool.jsonl").exists() else []
     assert state["proposed"] == len(pool) + sum(state["filtered"].values())  # every proposal accounted for
     card = (tmp_path / "out" / "DATACARD.md").read_text()
-    assert "## Self-Instruct" in card and f"rounds: {state['round']}" in card
+    assert "## Self-Instruct" in card and f"rounds: {state['round']}" in card and "instance drops" in card
     # resume: the same command continues from the saved state (no round is redone)
     res = run_cli("build-data", str(spec), "--out", str(tmp_path / "out"))
     assert res.returncode == 0

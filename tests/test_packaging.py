@@ -67,7 +67,7 @@ def test_real_recipe_on_local_copy_with_tiny_model(name, tmp_path):
         pytest.skip("../shared is not present")
     arch, data_overrides = REAL[name]
     tiny = {"gpt2": ["model.init=scratch", f"model.tokenizer={SHARED}/tokenizers/gpt2",
-                     "model.config_overrides={n_layer: 1, n_embd: 32, n_head: 2}"],
+                     "model.config_overrides={n_layer: 1, n_embd: 64, n_head: 2}"],  # 4-bit blocks are 64 wide
             "t5": ["model.init=scratch", "model.tokenizer=bpe", "model.tokenizer_vocab_size=600",
                    "model.config_overrides={num_layers: 1, num_decoder_layers: 1, d_model: 32, d_ff: 64, "
                    "num_heads: 2, d_kv: 16}"]}[arch]

@@ -165,10 +165,12 @@ def test_trust_remote_code_warns_and_pickle_needs_opt_in(tmp_path):
         load_model(r, tok, "causal")
     assert any("trust_remote_code is on" in str(w.message) for w in caught)
 
+    import torch
+
     pickled = tmp_path / "pickled"
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=1, n_embd=32, n_head=2)).save_pretrained(
-        pickled, safe_serialization=False)
-    assert (pickled / "pytorch_model.bin").exists()
+    m = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=1, n_embd=32, n_head=2))
+    m.config.save_pretrained(pickled)
+    torch.save(m.state_dict(), pickled / "pytorch_model.bin")  # a pickle checkpoint, no safetensors
     base = tiny_recipe("gpt2", tmp_path / "o")
     base["model"] = {"name": str(pickled), "init": "pretrained"}
     with pytest.raises(ModelError, match="allow_pickle"):

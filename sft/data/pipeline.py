@@ -71,7 +71,8 @@ def load_source(src: SourceConfig, index: int, *, field_prefix: str, seed: int, 
         report.drop(f"{name}: {reason}", n)
     records = [{"messages": msgs, "task": _task_of(src, row, name), "source": name,
                 **({"allow_empty_prompt": True} if fmt == "text" else {})} for msgs, row in converted]
-    per_source[name] = {"path": src.path, "format": fmt, "rows": len(rows), "examples": len(records),
+    key = name if field_prefix == "data.sources" else f"{name} ({field_prefix.split('.')[-1]}, {src.split})"
+    per_source[key] = {"path": src.path, "format": fmt, "rows": len(rows), "examples": len(records),
                         "detected": src.format == "auto"}
     return records
 

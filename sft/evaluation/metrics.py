@@ -33,7 +33,9 @@ class CJKTokenizer:
 
 
 def _bleu_tokenizer(refs: list[str]) -> str:
-    return "zh" if is_cjk_text(refs) else "13a"
+    # sacrebleu's zh tokenizer splits CJK characters and tokenises other text like 13a, so it is right for
+    # mixed corpora too; with 13a an unspaced Chinese answer would be a single token.
+    return "zh" if any(_CJK.search(r) for r in refs) else "13a"
 
 
 def corpus_bleu(predictions: list[str], references: list[str] | list[list[str]]) -> float:
