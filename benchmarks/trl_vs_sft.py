@@ -2,7 +2,8 @@
 data, in one run (target ratio >= 1.0).   python benchmarks/trl_vs_sft.py [--steps 150]
 
 Both train the same scratch model (same seed) on the same rendered prompt/completion pairs with the
-same batch size and steps; tokens/s = tokens in the batches trained / train runtime."""
+same batch size and steps; tokens/s = non-padding tokens fed (the Trainer's num_input_tokens_seen) /
+train runtime, for both."""
 
 import argparse
 import os
@@ -47,14 +48,13 @@ def main():
     cfg = SFTConfig(output_dir=f"{tmp}/trl", max_steps=args.steps, per_device_train_batch_size=args.batch_size,
                     learning_rate=recipe.train.learning_rate, lr_scheduler_type="cosine", warmup_steps=20,
                     logging_steps=10, save_strategy="no", report_to="none", seed=recipe.train.seed,
-                    max_length=recipe.data.max_length, use_cpu=True, disable_tqdm=True)
+                    max_length=recipe.data.max_length, use_cpu=True, disable_tqdm=True,
+                    include_num_input_tokens_seen="non_padding")
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
     t0 = time.time()
     trainer.train()
     elapsed = time.time() - t0
-    n_tokens = sum(len(x) for x in trainer.train_dataset["input_ids"])
-    epochs = trainer.state.epoch
-    trl_tps = n_tokens * epochs / elapsed
+    trl_tps = trainer.state.num_input_tokens_seen / elapsed  # counted the same way as sft's
     print(f"sft train: {sft_tps:.0f} tokens/s; plain TRL SFTTrainer: {trl_tps:.0f} tokens/s; "
           f"ratio sft/TRL = {sft_tps / trl_tps:.2f} ({args.steps} steps, batch {args.batch_size}, "
           f"{len(splits.train)} examples)")

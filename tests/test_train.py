@@ -178,3 +178,20 @@ def test_trust_remote_code_warns_and_pickle_needs_opt_in(tmp_path):
     base["model"]["allow_pickle"] = True
     model = load_model(recipe_from_dict(base, path="p.yaml"), tok, "causal")
     assert model.config.n_layer == 1
+
+
+def test_resume_skips_checkpoint_cut_off_while_saving(tmp_path):
+    """A kill during a checkpoint save leaves a folder without trainer_state.json: resume uses the one before."""
+    import shutil
+
+    out = tmp_path / "out"
+    path = _resume_recipe(tmp_path, out)
+    res = run_cli("train", path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    shutil.rmtree(out / "checkpoint-60")
+    (out / "checkpoint-60").mkdir()
+    shutil.copy(out / "checkpoint-50" / "model.safetensors", out / "checkpoint-60")  # weights, no state
+    (out / "metrics.json").unlink()
+    res = run_cli("train", path, "--resume")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "skipping incomplete checkpoint-60" in res.stdout and (out / "metrics.json").exists()

@@ -44,6 +44,15 @@ def _checkpoints(out: str) -> list[str]:
     return [os.path.join(out, d) for d in sorted(cks, key=lambda d: int(d.split("-")[-1]))]
 
 
+def _complete(checkpoint: str) -> bool:
+    """transformers writes trainer_state.json last: a checkpoint without a readable one was cut off."""
+    try:
+        read_json(os.path.join(checkpoint, "trainer_state.json"))
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 def check_output_dir(recipe: Recipe, *, resume: bool, overwrite: bool) -> str | None:
     """Refuse to mix runs in one output_dir; return the checkpoint to resume from, if any."""
     out = recipe.train.output_dir
@@ -55,10 +64,16 @@ def check_output_dir(recipe: Recipe, *, resume: bool, overwrite: bool) -> str | 
                              fix="choose another train.output_dir, or pass --overwrite to replace that run")
     cks = _checkpoints(out)
     if resume:
-        if not cks:
-            raise TrainError("nothing to resume: no checkpoint-* in output_dir", file=out, field="train.output_dir",
-                             fix="run without --resume to start training")
-        return cks[-1]
+        complete = [c for c in cks if _complete(c)]
+        if not complete:
+            raise TrainError("nothing to resume: no complete checkpoint-* in output_dir", file=out,
+                             field="train.output_dir", fix="run without --resume to start training")
+        for c in cks:
+            if c not in complete and rank() == 0:
+                print(f"[sft] skipping incomplete {os.path.basename(c)} (interrupted while saving)", flush=True)
+                if int(c.rsplit("-", 1)[-1]) > int(complete[-1].rsplit("-", 1)[-1]):
+                    shutil.rmtree(c, ignore_errors=True)  # would be overwritten by the resumed run anyway
+        return complete[-1]
     if cks and not overwrite:
         raise TrainError(f"output_dir has checkpoints of an unfinished or earlier run ({os.path.basename(cks[-1])})",
                          file=out, field="train.output_dir",
@@ -84,7 +99,7 @@ def training_arguments(recipe: Recipe, *, on_gpu: bool) -> dict:
         use_cpu=t.use_cpu or not on_gpu, bf16=bf16, gradient_checkpointing=t.gradient_checkpointing,
         eval_strategy="no", remove_unused_columns=True, disable_tqdm=False,
         ddp_find_unused_parameters=False if world_size() > 1 else None,
-        dataloader_num_workers=0,
+        dataloader_num_workers=0, include_num_input_tokens_seen="non_padding",
     )
 
 
@@ -163,10 +178,11 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> d
     start = time.time()
     result = trainer.train(resume_from_checkpoint=resume_from)
     elapsed = time.time() - start
-    train_tokens = sum(len(f["input_ids"]) for f in enc.features)
-    steps_done = trainer.state.global_step - (resume_step or 0)
-    tokens_seen = train_tokens * (steps_done / max(trainer.state.max_steps, 1)) * (
-        trainer.state.num_train_epochs or 1)
+    # Tokens actually fed (non-padding, all ranks), counted by the Trainer; minus those before a resume.
+    tokens_before = 0
+    if resume_from and os.path.exists(os.path.join(resume_from, "trainer_state.json")):
+        tokens_before = read_json(os.path.join(resume_from, "trainer_state.json")).get("num_input_tokens_seen", 0)
+    tokens_seen = trainer.state.num_input_tokens_seen - tokens_before
     summary = {
         "train_loss": result.training_loss, "global_step": trainer.state.global_step,
         "train_runtime_s": round(elapsed, 3), "train_examples": len(enc.features),
