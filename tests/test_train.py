@@ -195,3 +195,14 @@ def test_resume_skips_checkpoint_cut_off_while_saving(tmp_path):
     res = run_cli("train", path, "--resume")
     assert res.returncode == 0, res.stderr[-2000:]
     assert "skipping incomplete checkpoint-60" in res.stdout and (out / "metrics.json").exists()
+
+
+def test_accelerate_launch_cpu_config_runs_two_processes(tmp_path):
+    r = tiny_recipe("gpt2", tmp_path / "out", steps=6)
+    path = write_recipe(tmp_path / "r.yaml", r)
+    res = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                          os.path.join(ROOT, "accelerate_configs", "cpu_multiprocess.yaml"), "--main_process_port",
+                          "29533", "-m", "sft", "train", path], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert json.loads((tmp_path / "out" / "train_summary.json").read_text())["world_size"] == 2
+    assert res.stdout.count("[sft] done") == 1

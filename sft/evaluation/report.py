@@ -203,7 +203,8 @@ def write_html_report(path: str, metrics: dict, predictions: list[dict], *, trai
     if curve:
         sections.append("<h2>Training loss</h2>"
                         f"<img alt='training loss curve' src='data:image/png;base64,{_png(loss_curve_figure({'train': curve}))}'>")
-    bar_keys = [k for k in keys if k != "perplexity"][:4]
+    bar_keys = [k for k in ("bleu", "rougeL", "exact_match") if k in keys] or \
+        [k for k in keys if k != "perplexity"][:3]
     if bar_keys:
         rows = {"after": m} if "before" in metrics else {"model": m}
         if "before" in metrics:
