@@ -241,8 +241,8 @@ def _coerce(value: Any, tp: Any, path: str, file: str) -> Any:
         return value
     if origin is list:
         (item_tp,) = typing.get_args(tp)
-        if isinstance(value, (str, dict)) and not dataclasses.is_dataclass(item_tp) or (
-                isinstance(value, dict) and dataclasses.is_dataclass(item_tp)):
+        single = isinstance(value, dict) if dataclasses.is_dataclass(item_tp) else isinstance(value, str)
+        if single:
             value = [value]  # a single item where a list is expected
         if not isinstance(value, list):
             raise bad

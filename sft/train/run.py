@@ -96,11 +96,21 @@ def training_arguments(recipe: Recipe, *, on_gpu: bool) -> dict:
         logging_steps=t.logging_steps, logging_first_step=True, logging_nan_inf_filter=False,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
         seed=t.seed, data_seed=t.seed, full_determinism=t.full_determinism, report_to=report_to,
-        use_cpu=t.use_cpu or not on_gpu, bf16=bf16, gradient_checkpointing=t.gradient_checkpointing,
+        use_cpu=t.use_cpu or not on_gpu, bf16=bf16, **_checkpointing_arg(t.gradient_checkpointing),
         eval_strategy="no", remove_unused_columns=True, disable_tqdm=False,
         ddp_find_unused_parameters=False if world_size() > 1 else None,
         dataloader_num_workers=0, include_num_input_tokens_seen="non_padding",
     )
+
+
+def _checkpointing_arg(on: bool) -> dict:
+    """transformers 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": on}
 
 
 def peak_memory_mb() -> float:
