@@ -13,7 +13,6 @@ Bench file:
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import time
 import yaml
 
 from .errors import RecipeError
-from .io import read_json, write_json_atomic, write_text_atomic
+from .io import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
 
 COLUMNS = ["run", "model", "method", "trainable params", "train time (s)", "tokens/s", "peak memory (MB)",
            "perplexity", "BLEU", "ROUGE-L", "exact match"]
@@ -80,15 +79,18 @@ def run_matrix(spec: dict, out: str, *, bench_dir: str) -> list[dict]:
     return rows
 
 
+def _cells(r: dict) -> list[str]:
+    """One run's row as displayed (COLUMNS order); --check compares these rounded cells."""
+    m = r["metrics"]
+    return [r["run"], r["model"], r["method"], _fmt_params(r["trainable_params"]), f"{r['train_time_s']:.1f}",
+            f"{r['tokens_per_second']:.0f}", f"{r['peak_memory_mb']:.0f}", f"{m.get('perplexity', float('nan')):.4f}",
+            f"{m.get('bleu', float('nan')):.2f}", f"{m.get('rougeL', float('nan')):.4f}",
+            f"{m.get('exact_match', float('nan')):.4f}"]
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for r in rows:
-        m = r["metrics"]
-        cells = [r["run"], r["model"], r["method"], _fmt_params(r["trainable_params"]), f"{r['train_time_s']:.1f}",
-                 f"{r['tokens_per_second']:.0f}", f"{r['peak_memory_mb']:.0f}", f"{m.get('perplexity', float('nan')):.4f}",
-                 f"{m.get('bleu', float('nan')):.2f}", f"{m.get('rougeL', float('nan')):.4f}",
-                 f"{m.get('exact_match', float('nan')):.4f}"]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -115,7 +117,7 @@ def check(rows: list[dict], reference_text: str, tolerance: dict) -> list[str]:
     """Differences between this bench's metric cells and a reference table, beyond tolerance."""
     ref = parse_table(reference_text)
     problems = []
-    got = parse_table(table(rows))
+    got = {r["run"]: dict(zip(COLUMNS, _cells(r))) for r in rows}
     for name, ref_row in ref.items():
         if name not in got:
             problems.append(f"{name}: in the reference but not run")
@@ -134,19 +136,20 @@ def check(rows: list[dict], reference_text: str, tolerance: dict) -> list[str]:
 
 
 def write_outputs(out: str, spec: dict, rows: list[dict]) -> None:
-    from .evaluation.report import (_png, html_page, loss_curve_figure, metric_bars_figure, read_loss_curve,
-                                    _table_html)
-
-    curves = {r["run"]: read_loss_curve(os.path.join(r["run_dir"], "train_log.jsonl")) for r in rows}
-    fig = loss_curve_figure(curves)
-    fig.savefig(os.path.join(out, "loss_curves.png"), dpi=110, bbox_inches="tight")
-    fig = metric_bars_figure({r["run"]: r["metrics"] for r in rows}, ["perplexity", "bleu", "rougeL", "exact_match"],
-                             f"{spec['name']}: metrics per run (eval split)")
-    fig.savefig(os.path.join(out, "metrics.png"), dpi=110, bbox_inches="tight")
     import platform
 
     import torch
 
+    from .evaluation.report import (_table_html, html_page, img_tag, loss_curve_figure, metric_bars_figure,
+                                    png_bytes, read_loss_curve)
+
+    curves = {r["run"]: read_loss_curve(os.path.join(r["run_dir"], "train_log.jsonl")) for r in rows}
+    loss_png = png_bytes(loss_curve_figure(curves), dpi=110)
+    metrics_png = png_bytes(metric_bars_figure({r["run"]: r["metrics"] for r in rows},
+                                               ["perplexity", "bleu", "rougeL", "exact_match"],
+                                               f"{spec['name']}: metrics per run (eval split)"), dpi=110)
+    write_bytes_atomic(os.path.join(out, "loss_curves.png"), loss_png)
+    write_bytes_atomic(os.path.join(out, "metrics.png"), metrics_png)
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}" + (
         f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
     md = [f"# Benchmark: {spec['name']}", "", spec.get("description", "").strip(), "",
@@ -156,13 +159,10 @@ def write_outputs(out: str, spec: dict, rows: list[dict]) -> None:
           "![training loss](loss_curves.png)", "", "![metrics](metrics.png)", ""]
     write_text_atomic(os.path.join(out, "results.md"), "\n".join(md))
     write_json_atomic(os.path.join(out, "results.json"), {"name": spec["name"], "machine": machine, "runs": rows})
-    header = COLUMNS
-    body = [[c for c in parse_table(table([r]))[r["run"]].values()] for r in rows]
     page = html_page(f"sft bench: {spec['name']}", [
-        _table_html(header, body, "sortable", "bench"),
-        f"<h2>Training loss</h2><img alt='loss curves' src='data:image/png;base64,{_png(loss_curve_figure(curves))}'>",
-        "<h2>Metrics</h2><img alt='metrics' src='data:image/png;base64,"
-        f"{_png(metric_bars_figure({r['run']: r['metrics'] for r in rows}, ['perplexity', 'bleu', 'rougeL', 'exact_match'], spec['name']))}'>"])
+        _table_html(COLUMNS, [_cells(r) for r in rows], "sortable", "bench"),
+        "<h2>Training loss</h2>" + img_tag(loss_png, "loss curves"),
+        "<h2>Metrics</h2>" + img_tag(metrics_png, "metrics")])
     write_text_atomic(os.path.join(out, "report.html"), page)
 
 

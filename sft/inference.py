@@ -79,7 +79,7 @@ def generate_command(model_dir: str, input_path: str, out_path: str, gen_overrid
     rows = _read_inputs(input_path)
     records = [{"messages": row_to_messages(r, i + 1, input_path), "task": "", "source": ""} for i, r in enumerate(rows)]
     prompts = encode_prompts(records, tokenizer, recipe.data.template, arch=arch, system=recipe.data.system_prompt)
-    stops = tuple(getattr(get_template(recipe.data.template), "stop", ()))
+    stops = tuple(get_template(recipe.data.template).stop)
     preds = generate_batched(model, tokenizer, prompts, arch=arch, gen=_generation(recipe, gen_overrides),
                              batch_size=batch_size or recipe.eval.batch_size, stops=stops)
     out_rows = [{**row, "prediction": p} for row, p in zip(rows, preds)]
@@ -133,7 +133,7 @@ def _answer(model, tokenizer, arch, recipe, messages, gen, stream_prefix: str | 
 
     from .evaluation.generate import cut_at_stop, generation_kwargs
 
-    stops = tuple(getattr(get_template(recipe.data.template), "stop", ()))
+    stops = tuple(get_template(recipe.data.template).stop)
     ids = encode_prompts([{"messages": messages, "task": "", "source": ""}], tokenizer, recipe.data.template,
                          arch=arch, system=recipe.data.system_prompt)[0]
     device = next(model.parameters()).device

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 import warnings
@@ -11,8 +10,6 @@ import torch
 
 from .errors import ModelError
 from .recipe import ModelConfig, Recipe
-
-log = logging.getLogger("sft")
 
 # Public configs of common bases, so `init: scratch` and parameter counting work offline.
 KNOWN_CONFIGS = {
@@ -94,7 +91,7 @@ def _torch_dtype(name: str, on_gpu: bool) -> torch.dtype:
 
 def quantization_config(recipe: Recipe):
     q = recipe.quantization
-    if not (q.load_in_4bit or q.load_in_8bit):
+    if not q.enabled:
         return None
     try:
         import bitsandbytes  # noqa: F401
@@ -209,8 +206,7 @@ def lora_targets(recipe: Recipe, model) -> list[str]:
 def apply_lora(recipe: Recipe, model, arch: str):
     from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
 
-    q = recipe.quantization
-    if q.load_in_4bit or q.load_in_8bit:
+    if recipe.quantization.enabled:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.train.gradient_checkpointing)
     config = LoraConfig(
         r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,

@@ -31,9 +31,9 @@ def _is_adapter(output_dir: str) -> bool:
 
 
 def _hub_datasets(recipe: Recipe) -> list[str]:
-    from .data.sources import _looks_local
+    from .data.sources import is_local_path
 
-    return [s.path for s in recipe.data.sources if not s.path.startswith("builtin:") and not _looks_local(s.path)]
+    return [s.path for s in recipe.data.sources if not s.path.startswith("builtin:") and not is_local_path(s.path)]
 
 
 def model_card(output_dir: str, repo_id: str | None, license: str = "apache-2.0") -> str:

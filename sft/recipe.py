@@ -139,6 +139,10 @@ class QuantizationConfig:
     compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
         "auto", help="Matmul dtype of 4-bit layers. auto: bfloat16 on GPU, float32 on CPU.")
 
+    @property
+    def enabled(self) -> bool:
+        return self.load_in_4bit or self.load_in_8bit
+
 
 @dataclass
 class GenerationConfig:
@@ -357,11 +361,9 @@ def _validate_combinations(r: Recipe) -> None:
     if r.quantization.load_in_4bit and r.quantization.load_in_8bit:
         raise RecipeError("load_in_4bit and load_in_8bit are both on", file=file, field="quantization",
                           fix="choose one")
-    if (r.quantization.load_in_4bit or r.quantization.load_in_8bit) and not r.lora.enabled:
+    if r.quantization.enabled and not r.lora.enabled:
         raise RecipeError("a quantised base cannot be trained in full", file=file, field="quantization.load_in_4bit",
                           fix="set lora.enabled: true (QLoRA) or turn quantisation off")
-    if (r.quantization.load_in_4bit or r.quantization.load_in_8bit) and r.model.init == "scratch":
-        pass  # allowed: quantise a scratch model (used by tests); weights are random either way
     if not r.data.sources:
         raise RecipeError("no data sources", file=file, field="data.sources",
                           fix="add at least one source, e.g. '- path: builtin:synthetic'")

@@ -29,7 +29,6 @@ and build_report.json. A recipe reads it with `path: DIR` (split: train | valida
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import random
 import string
@@ -41,7 +40,7 @@ import yaml
 from ..data import synthetic
 from ..errors import DataError, RecipeError
 from ..io import write_json_atomic, write_jsonl_atomic, write_text_atomic
-from .neardup import NearDupIndex
+from .neardup import dedupe_near
 
 SPEC_KEYS = {"name", "seed", "splits", "max_words", "near_dup_threshold", "tasks", "self_instruct", "description"}
 
@@ -202,25 +201,13 @@ def clean(records: list[dict], spec: dict) -> tuple[list[dict], Counter, list]:
     # everything; template tasks differ by the values filled in *by design* ("What is 23 plus 45?" vs
     # "... 46?"), so they get exact dedupe only, and are indexed first so nothing generated can sit
     # next to one of them across splits.
-    index = NearDupIndex(seed=spec["seed"])
-    order = sorted(range(len(out)), key=lambda i: not out[i]["_templated"])
-    keep_ids, examples = set(), []
-    n_near = 0
-    for i in order:
-        text = f"{out[i]['instruction']} {out[i]['input']}".strip()
-        sig = index.signature(text)
-        if not out[i]["_templated"]:
-            score, j = index.query(text, sig)
-            if j is not None and score > spec["near_dup_threshold"]:
-                n_near += 1
-                if len(examples) < 10:
-                    examples.append({"dropped": text, "kept": index.texts[j], "rougeL": round(score, 3)})
-                continue
-        index.add(text, sig)
-        keep_ids.add(i)
-    if n_near:
-        drops[f"near duplicate (ROUGE-L > {spec['near_dup_threshold']})"] += n_near
-    kept = [{k: v for k, v in out[i].items() if k != "_templated"} for i in range(len(out)) if i in keep_ids]
+    texts = [f"{r['instruction']} {r['input']}".strip() for r in out]
+    keep, pairs = dedupe_near(texts, threshold=spec["near_dup_threshold"], seed=spec["seed"],
+                              exempt={i for i, r in enumerate(out) if r["_templated"]})
+    if pairs:
+        drops[f"near duplicate (ROUGE-L > {spec['near_dup_threshold']})"] += len(pairs)
+    examples = [{"dropped": texts[i], "kept": texts[j], "rougeL": round(score, 3)} for i, j, score in pairs[:10]]
+    kept = [{k: v for k, v in out[i].items() if k != "_templated"} for i in keep]
     return kept, drops, examples
 
 
@@ -267,7 +254,7 @@ def datacard(spec: dict, splits: dict, drops: Counter, licences: list, si_stats:
         c = [sum(r["task"] == t for r in splits[n]) for n in names]
         lines.append(f"| {t} | " + " | ".join(map(str, c)) + f" | {sum(c)} |")
     tot = [len(splits[n]) for n in names]
-    lines += [f"| **all** | " + " | ".join(map(str, tot)) + f" | {sum(tot)} |", "", "## Drops by reason", ""]
+    lines += ["| **all** | " + " | ".join(map(str, tot)) + f" | {sum(tot)} |", "", "## Drops by reason", ""]
     lines += [f"- {k}: {v}" for k, v in drops.most_common()] or ["- none"]
     if near_examples:
         lines += ["", "Near-duplicate examples (dropped -> kept):", ""]

@@ -107,18 +107,24 @@ class NearDupIndex:
         return idx
 
 
-def dedupe_near(texts: list[str], threshold: float = 0.7, seed: int = 0) -> tuple[list[int], list[tuple[int, int, float]]]:
-    """Indices to keep (first of each near-duplicate group, in order) and the (dropped, kept, score) pairs."""
+def dedupe_near(texts: list[str], threshold: float = 0.7, seed: int = 0,
+                exempt: set[int] | frozenset = frozenset()) -> tuple[list[int], list[tuple[int, int, float]]]:
+    """Indices to keep (first of each near-duplicate group, in order) and the (dropped, kept, score) pairs.
+
+    Texts whose index is in `exempt` are indexed first and never dropped, so every other text is
+    compared against all of them (build-data: template prompts differ only in filled-in values)."""
     index = NearDupIndex(seed=seed)
+    order = sorted(range(len(texts)), key=lambda i: i not in exempt)  # stable: exempt first, else in order
     keep, dropped = [], []
-    kept_ids: list[int] = []
-    for i, t in enumerate(texts):
-        sig = index.signature(t)
-        score, j = index.query(t, sig)
-        if j is not None and score > threshold:
-            dropped.append((i, kept_ids[j], score))
-            continue
-        index.add(t, sig)
+    kept_ids: list[int] = []  # index position -> text id
+    for i in order:
+        sig = index.signature(texts[i])
+        if i not in exempt:
+            score, j = index.query(texts[i], sig)
+            if j is not None and score > threshold:
+                dropped.append((i, kept_ids[j], score))
+                continue
+        index.add(texts[i], sig)
         kept_ids.append(i)
         keep.append(i)
-    return keep, dropped
+    return sorted(keep), dropped

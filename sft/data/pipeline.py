@@ -14,7 +14,7 @@ from ..errors import DataError
 from ..recipe import DataConfig, SourceConfig
 from . import formats, sources
 from .clean import DropReport, clean_records, prompt_key
-from .templates import get_template, render_prompt_segments, render_training
+from .templates import get_template, render_prompt, render_prompt_segments, render_training
 
 
 @dataclass
@@ -254,8 +254,7 @@ def final_answer(record: dict) -> str:
 
 
 def prompt_text(record: dict, template_spec: str, system: str | None = None) -> str:
-    segs = render_prompt_segments(get_template(template_spec), record["messages"], system)
-    return "".join(t for t, _ in segs)
+    return render_prompt(get_template(template_spec), record["messages"], system)
 
 
 def count_by(records: list[dict], key: str) -> dict:

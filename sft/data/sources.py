@@ -101,7 +101,8 @@ def _read_local(path: str, field: str) -> list[dict]:
     return _READERS[ext](path, field)
 
 
-def _looks_local(path: str) -> bool:
+def is_local_path(path: str) -> bool:
+    """A file, glob or directory (rather than a Hub dataset id)."""
     return (path.startswith((".", "/", "~")) or os.path.splitext(path)[1].lower() in LOCAL_EXTS
             or any(c in path for c in "*?[") or os.path.exists(path))
 
@@ -132,7 +133,7 @@ def read_rows(path: str, *, split: str = "train", subset: str | None = None, fie
         if not files:
             raise DataError(f"directory has no {split}.jsonl or data files", file=path, field=field)
         return [r for f in files for r in _read_local(f, field)]
-    if _looks_local(path):
+    if is_local_path(path):
         files = sorted(glob.glob(expanded)) if any(c in path for c in "*?[") else [expanded]
         if not files or not os.path.exists(files[0]):
             raise DataError("dataset file not found", file=path, field=field,

@@ -49,7 +49,7 @@ def before_after_table(before: dict | None, after: dict) -> str:
 
 
 def render_eval_report(metrics: dict) -> str:
-    parts = [f"# Evaluation report\n",
+    parts = ["# Evaluation report\n",
              f"- model: `{metrics['model']['name']}` ({metrics['model']['arch']}, "
              f"{'LoRA adapter' if metrics['model']['adapter'] else 'full weights'}) at `{metrics['model']['path']}`",
              f"- split: {metrics['split']}, {metrics['num_samples']} examples; recipe hash `{metrics['recipe_hash']}`",
@@ -72,13 +72,19 @@ def render_eval_report(metrics: dict) -> str:
 
 # ---- plots ------------------------------------------------------------------------------------
 
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+def png_bytes(fig, dpi: int = 100) -> bytes:
+    """Render and close a figure."""
     import matplotlib.pyplot as plt
 
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return buf.getvalue()
+
+
+def img_tag(png: bytes, alt: str) -> str:
+    """An <img> with the PNG embedded, so the page needs no network and no side files."""
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
 
 
 def read_loss_curve(path: str) -> list[tuple[int, float]]:
@@ -201,18 +207,17 @@ def write_html_report(path: str, metrics: dict, predictions: list[dict], *, trai
     sections.append("<h2>Metrics per task</h2>" + _table_html(["task", "n", *keys], task_rows, "sortable", "per-task"))
     curve = read_loss_curve(train_log)
     if curve:
-        sections.append("<h2>Training loss</h2>"
-                        f"<img alt='training loss curve' src='data:image/png;base64,{_png(loss_curve_figure({'train': curve}))}'>")
+        sections.append("<h2>Training loss</h2>" + img_tag(png_bytes(loss_curve_figure({"train": curve})),
+                                                             "training loss curve"))
     bar_keys = [k for k in ("bleu", "rougeL", "exact_match") if k in keys] or \
         [k for k in keys if k != "perplexity"][:3]
     if bar_keys:
         rows = {"after": m} if "before" in metrics else {"model": m}
         if "before" in metrics:
             rows = {"before": metrics["before"]["metrics"], **rows}
-        sections.append("<h2>Metrics</h2>"
-                        f"<img alt='metric bars' src='data:image/png;base64,"
-                        f"{_png(metric_bars_figure(rows, bar_keys, 'Generation metrics'))}'>")
-    score_keys = sorted({k for p in predictions for k in (p.get("scores") or {})}, key=lambda k: _ordered([k, *METRIC_ORDER]).index(k))
+        sections.append("<h2>Metrics</h2>" + img_tag(png_bytes(metric_bars_figure(rows, bar_keys, "Generation metrics")),
+                                                     "metric bars"))
+    score_keys = _ordered({k for p in predictions for k in (p.get("scores") or {})})
     worst_first = sorted(predictions, key=_sample_score)
     rows = [[p["task"], p["prompt"], p["reference"], p.get("prediction", ""),
              *[float((p.get("scores") or {}).get(k, float("nan"))) for k in score_keys]] for p in worst_first]

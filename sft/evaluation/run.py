@@ -27,15 +27,6 @@ from .perplexity import perplexity, token_nll
 SCHEMA = "sft.metrics/v1"
 
 
-def _aggregate(rows: list[dict], keys: list[str]) -> dict:
-    out = {}
-    for k in keys:
-        vals = [r[k] for r in rows if k in r]
-        if vals:
-            out[k] = sum(vals) / len(vals)
-    return out
-
-
 def evaluate_model(model, tokenizer, arch: str, records: list[dict], recipe: Recipe, *, label: str = "",
                    progress: bool = True) -> dict:
     """Score `records` with the recipe's metrics. Returns {"metrics": {...}, "predictions": [...]}."""
@@ -66,7 +57,7 @@ def evaluate_model(model, tokenizer, arch: str, records: list[dict], recipe: Rec
     text_metrics = [m for m in metrics_wanted if m != "perplexity"]
     if text_metrics:
         prompts = encode_prompts(records, tokenizer, d.template, arch=arch, system=d.system_prompt)
-        stops = tuple(getattr(get_template(d.template), "stop", ()))
+        stops = tuple(get_template(d.template).stop)
         preds = generate_batched(model, tokenizer, prompts, arch=arch, gen=e.generation, batch_size=e.batch_size,
                                  stops=stops, progress=progress)
         corpus, per_sample = score_texts(preds, refs, text_metrics)
@@ -102,13 +93,11 @@ def _model_info(recipe: Recipe, arch: str, path: str | None, adapter: bool) -> d
 def write_eval_outputs(out: str, recipe: Recipe, result: dict, *, before: dict | None = None,
                        train_summary: dict | None = None, split: str = "eval", model_path: str | None = None) -> dict:
     """metrics.json, predictions.jsonl, eval_report.md and report.html, each written atomically."""
-    from ..modeling import resolve_arch
     from .report import render_eval_report, write_html_report
 
-    arch = result.get("arch") or resolve_arch(recipe.model)
     metrics = {
         "schema": SCHEMA,
-        "model": _model_info(recipe, arch, model_path or out, recipe.lora.enabled),
+        "model": _model_info(recipe, result["arch"], model_path or out, recipe.lora.enabled),
         "recipe_hash": recipe.fingerprint(),
         "split": split,
         **result["metrics"],
@@ -142,20 +131,20 @@ def eval_command(target: str, overrides: list[str], *, split: str = "eval", max_
             raise EvalError("not a training output directory (no recipe.yaml)", file=target,
                             fix="pass a recipe file or an sft train output_dir")
         recipe = load_recipe(recipe_path, overrides)
+        splits = load_splits(recipe.data, recipe_file=recipe.path)
         model, tokenizer, arch = load_for_inference(target)
         out = out or target
         model_path = target
     else:
         recipe = load_recipe(target, overrides)
+        splits = load_splits(recipe.data, recipe_file=recipe.path)
         arch = resolve_arch(recipe.model)
-        splits_for_tok = load_splits(recipe.data, recipe_file=recipe.path)
-        tokenizer = get_tokenizer(recipe, splits_for_tok.train, arch)
+        tokenizer = get_tokenizer(recipe, splits.train, arch)
         model = load_model(recipe, tokenizer, arch)
         out = out or os.path.join(recipe.train.output_dir, "eval-base")
         model_path = recipe.model.name
     if max_samples is not None:
         recipe.eval.max_samples = max_samples
-    splits = load_splits(recipe.data, recipe_file=recipe.path)
     records = splits.split(split)
     if not records:
         raise EvalError(f"the {split} split is empty", file=recipe.path,

@@ -6,7 +6,6 @@ Under `accelerate launch` / `torchrun` every rank trains; only rank 0 evaluates 
 
 from __future__ import annotations
 
-import logging
 import os
 import resource
 import shutil
@@ -21,9 +20,6 @@ from ..modeling import apply_lora, count_parameters, get_tokenizer, load_model, 
 from ..recipe import Recipe, load_recipe
 from .callbacks import JsonlLogger
 
-log = logging.getLogger("sft")
-
-
 def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
@@ -37,11 +33,16 @@ def say(msg: str) -> None:
         print(f"[sft] {msg}", flush=True)
 
 
+def _step(checkpoint: str) -> int:
+    return int(checkpoint.rsplit("-", 1)[-1])
+
+
 def _checkpoints(out: str) -> list[str]:
+    """checkpoint-N folders of output_dir, oldest first."""
     if not os.path.isdir(out):
         return []
-    cks = [d for d in os.listdir(out) if d.startswith("checkpoint-") and d.split("-")[-1].isdigit()]
-    return [os.path.join(out, d) for d in sorted(cks, key=lambda d: int(d.split("-")[-1]))]
+    cks = [os.path.join(out, d) for d in os.listdir(out) if d.startswith("checkpoint-") and d.split("-")[-1].isdigit()]
+    return sorted(cks, key=_step)
 
 
 def _complete(checkpoint: str) -> bool:
@@ -71,7 +72,7 @@ def check_output_dir(recipe: Recipe, *, resume: bool, overwrite: bool) -> str | 
         for c in cks:
             if c not in complete and rank() == 0:
                 print(f"[sft] skipping incomplete {os.path.basename(c)} (interrupted while saving)", flush=True)
-                if int(c.rsplit("-", 1)[-1]) > int(complete[-1].rsplit("-", 1)[-1]):
+                if _step(c) > _step(complete[-1]):
                     shutil.rmtree(c, ignore_errors=True)  # would be overwritten by the resumed run anyway
         return complete[-1]
     if cks and not overwrite:
@@ -86,7 +87,7 @@ def check_output_dir(recipe: Recipe, *, resume: bool, overwrite: bool) -> str | 
 def training_arguments(recipe: Recipe, *, on_gpu: bool) -> dict:
     t = recipe.train
     bf16 = on_gpu and torch.cuda.is_bf16_supported() and recipe.model.dtype in ("auto", "bfloat16") and \
-        not (recipe.quantization.load_in_4bit or recipe.quantization.load_in_8bit)
+        not recipe.quantization.enabled
     report_to = [r for r in t.report_to if r != "none"] or "none"
     return dict(
         output_dir=t.output_dir, num_train_epochs=t.epochs, max_steps=t.max_steps,
@@ -160,8 +161,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> d
     if recipe.eval.before and rank() == 0 and splits.eval and not resume_from:
         say("evaluating the base model")
         eval_model = model
-        quantized = recipe.quantization.load_in_4bit or recipe.quantization.load_in_8bit
-        if quantized and not on_gpu:
+        if recipe.quantization.enabled and not on_gpu:
             # bitsandbytes repacks 4-bit CPU weights for inference the first time they run in eval mode,
             # after which they cannot train: score the base on a separate (identical) copy.
             eval_model = load_model(recipe, tokenizer, arch)
@@ -179,7 +179,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> d
     from . import causal, seq2seq
 
     builder = seq2seq if arch == "seq2seq" else causal
-    resume_step = int(resume_from.rsplit("-", 1)[-1]) if resume_from else None
+    resume_step = _step(resume_from) if resume_from else None
     callbacks = [JsonlLogger(os.path.join(out, "train_log.jsonl"), resume_step)] if rank() == 0 else []
     trainer = builder.build_trainer(recipe, model, tokenizer, enc.features, training_arguments(recipe, on_gpu=on_gpu),
                                     callbacks)
