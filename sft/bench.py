@@ -18,10 +18,9 @@ import subprocess
 import sys
 import time
 
-import yaml
 
 from .errors import RecipeError
-from .io import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
+from .io import read_json, read_yaml, safe_name, write_bytes_atomic, write_json_atomic, write_text_atomic
 
 COLUMNS = ["run", "model", "method", "trainable params", "train time (s)", "tokens/s", "peak memory (MB)",
            "perplexity", "BLEU", "ROUGE-L", "exact match"]
@@ -29,22 +28,79 @@ METRIC_COLUMNS = {"perplexity": "perplexity", "BLEU": "bleu", "ROUGE-L": "rougeL
 DEFAULT_TOLERANCE = {"perplexity": 0.02, "bleu": 0.5, "rougeL": 0.005, "exact_match": 0.005}
 
 
+def _str_list(value, path: str, field: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and "=" in v for v in value):
+        raise RecipeError("expected a list of key=value overrides", file=path, field=field,
+                          fix="e.g. [lora.enabled=true, train.epochs=2]")
+    return value
+
+
 def load_bench(path: str) -> dict:
-    if not os.path.exists(path):
-        raise RecipeError("bench file not found", file=path)
-    with open(path, encoding="utf-8") as fh:
-        spec = yaml.safe_load(fh) or {}
+    spec = read_yaml(path, "bench file") or {}
     if not isinstance(spec, dict) or not isinstance(spec.get("recipes"), dict) or not spec["recipes"]:
         raise RecipeError("a bench needs 'recipes: {NAME: recipe.yaml, ...}'", file=path, field="recipes")
     unknown = set(spec) - {"name", "recipes", "methods", "overrides", "tolerance", "description"}
     if unknown:
         raise RecipeError(f"unknown key(s) {sorted(unknown)}", file=path,
                           fix="use name, description, recipes, methods, overrides, tolerance")
+    for name, recipe in spec["recipes"].items():
+        safe_name(str(name), file=path, field=f"recipes.{name}")
+        if not isinstance(recipe, str):
+            raise RecipeError("expected a recipe file path", file=path, field=f"recipes.{name}")
     spec.setdefault("name", os.path.splitext(os.path.basename(path))[0])
-    spec.setdefault("methods", {"full": []})
-    spec.setdefault("overrides", [])
-    spec["tolerance"] = {**DEFAULT_TOLERANCE, **(spec.get("tolerance") or {})}
+    safe_name(str(spec["name"]), file=path, field="name")
+    methods = spec.get("methods") or {"full": []}
+    if not isinstance(methods, dict):
+        raise RecipeError("methods must map a method name to its overrides", file=path, field="methods",
+                          fix="e.g. methods: {full: [], lora: [lora.enabled=true]}")
+    spec["methods"] = {str(safe_name(str(k), file=path, field=f"methods.{k}")): _str_list(v, path, f"methods.{k}")
+                       for k, v in methods.items()}
+    spec["overrides"] = _str_list(spec.get("overrides"), path, "overrides")
+    tol = spec.get("tolerance") or {}
+    if not isinstance(tol, dict):
+        raise RecipeError("tolerance must map metric names to numbers", file=path, field="tolerance",
+                          fix="e.g. tolerance: {bleu: 0.5, perplexity: 0.02}")
+    for k, v in tol.items():
+        if k not in DEFAULT_TOLERANCE:
+            raise RecipeError(f"no table column for metric {k!r}", file=path, field=f"tolerance.{k}",
+                              fix=f"use {', '.join(DEFAULT_TOLERANCE)}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or v == float("inf"):
+            raise RecipeError(f"got {v!r}, expected a finite number >= 0", file=path, field=f"tolerance.{k}")
+    spec["tolerance"] = {**DEFAULT_TOLERANCE, **tol}
     return spec
+
+
+def _recipe_path(recipe_path: str, bench_dir: str) -> str:
+    rpath = recipe_path if os.path.isabs(recipe_path) else os.path.join(bench_dir, recipe_path)
+    return rpath if os.path.exists(rpath) else recipe_path  # else: relative to the current directory
+
+
+def validate_runs(spec: dict, path: str, bench_dir: str, reference_text: str | None) -> None:
+    """Every run's recipe loads with its overrides and evaluates after training, and a --check table has
+    this bench's shape, before the first run starts (not after the whole matrix)."""
+    from .recipe import load_recipe
+
+    for model_name, recipe_path in spec["recipes"].items():
+        for method, overrides in spec["methods"].items():
+            r = load_recipe(_recipe_path(recipe_path, bench_dir), list(spec["overrides"]) + list(overrides))
+            if not r.eval.after:
+                raise RecipeError(f"run {model_name}-{method} has eval.after: false, so it has no metrics to tabulate",
+                                  file=path, field=f"recipes.{model_name} / methods.{method}",
+                                  fix="remove the eval.after=false override")
+    if reference_text is not None:
+        ref = parse_table(reference_text)
+        missing_cols = [c for c in COLUMNS if c not in next(iter(ref.values()))]
+        runs = {f"{m}-{meth}" for m in spec["recipes"] for meth in spec["methods"]}
+        if missing_cols:
+            raise RecipeError(f"the reference table lacks column(s) {missing_cols}", field="--check",
+                              fix="pass a results.md written by sft bench")
+        if set(ref) != runs:
+            raise RecipeError(f"the reference table has runs {sorted(ref)}, this bench runs {sorted(runs)}",
+                              field="--check", fix="check against the results.md of the same bench spec")
 
 
 def _fmt_params(n: int) -> str:
@@ -57,9 +113,7 @@ def run_matrix(spec: dict, out: str, *, bench_dir: str) -> list[dict]:
     for i, (model_name, recipe_path, method) in enumerate(runs, 1):
         name = f"{model_name}-{method}"
         run_dir = os.path.join(out, "runs", name)
-        rpath = recipe_path if os.path.isabs(recipe_path) else os.path.join(bench_dir, recipe_path)
-        if not os.path.exists(rpath):
-            rpath = recipe_path  # relative to the current directory
+        rpath = _recipe_path(recipe_path, bench_dir)
         overrides = list(spec["overrides"]) + list(spec["methods"][method] or []) + [f"train.output_dir={run_dir}"]
         print(f"[sft bench] ({i}/{len(runs)}) {name}: sft train {rpath} {' '.join(overrides)}", flush=True)
         start = time.time()
@@ -176,9 +230,11 @@ def bench_command(path: str, *, out: str | None = None, check_ref: str | None = 
             reference_text = fh.read()
         if not parse_table(reference_text):
             raise RecipeError("no results table (header starting with 'run') in the reference", file=check_ref)
+    bench_dir = os.path.dirname(os.path.abspath(path))
+    validate_runs(spec, path, bench_dir, reference_text)
     out = out or os.path.join("outputs", "bench", spec["name"])
     os.makedirs(out, exist_ok=True)
-    rows = run_matrix(spec, out, bench_dir=os.path.dirname(os.path.abspath(path)))
+    rows = run_matrix(spec, out, bench_dir=bench_dir)
     write_outputs(out, spec, rows)
     print(table(rows))
     print(f"[sft bench] wrote {out}/results.md, results.json, loss_curves.png, metrics.png, report.html")

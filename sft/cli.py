@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-samples", type=int, default=None)
     p.add_argument("--out", default=None, help="directory for metrics.json, predictions.jsonl, reports")
 
+    from .commands import score
+
+    score.add_parser(sub)
+
     p = sub.add_parser("generate", help="generate answers for instructions in a jsonl file")
     p.add_argument("model", help="training output directory or model directory")
     p.add_argument("--input", default="-", help="jsonl with instruction[/input] or messages; - for stdin")
@@ -101,10 +105,10 @@ def run(args: argparse.Namespace) -> int:
         print(load_recipe(args.recipe, args.overrides).to_yaml(), end="")
         return 0
     if args.command == "data":
-        from .data.report import print_data_report
+        from .commands import data
         from .recipe import load_recipe
 
-        print_data_report(load_recipe(args.recipe, args.overrides), show=args.show)
+        data.run(load_recipe(args.recipe, args.overrides), show=args.show)
         return 0
     if args.command == "train":
         from .recipe import load_recipe
@@ -115,8 +119,17 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "eval":
         from .evaluation.run import eval_command
 
-        eval_command(args.target, args.overrides, split=args.split, max_samples=args.max_samples, out=args.out)
+        from .evaluation.report import metrics_table
+
+        out, metrics = eval_command(args.target, args.overrides, split=args.split, max_samples=args.max_samples,
+                               out=args.out)
+        print(metrics_table(metrics))
+        print(f"[sft] wrote {out}/metrics.json, predictions.jsonl, eval_report.md, report.html")
         return 0
+    if args.command == "score":
+        from .commands import score
+
+        return score.run(args)
     if args.command == "generate":
         from .inference import generate_command
 
@@ -180,6 +193,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sft: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # disk full, permissions, a path that cannot be created: the system's words, one line
+        if debug:
+            raise
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        fix = "free some disk space, then run again (with --resume for sft train)" if e.errno == 28 else \
+            "check the path and its permissions"
+        print(f"sft: error: {where}{e.strerror or e} (fix: {fix})", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug in sft, not the user's input: say so in one line, exit 1
+        if debug:
+            raise
+        print(f"sft: internal error: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''} "
+              "(run again with --debug for the traceback, and please report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from .data import formats
 from .data.clean import normalise_text
 from .data.pipeline import encode_prompts
 from .data.templates import get_template
-from .errors import DataError
+from .errors import DataError, RecipeError
 from .evaluation.generate import generate_batched
 from .recipe import GenerationConfig, Recipe, load_recipe
 
@@ -30,14 +30,50 @@ def _run_recipe(model_dir: str) -> Recipe:
 
 
 def _generation(recipe: Recipe, overrides: dict) -> GenerationConfig:
-    return dataclasses.replace(recipe.eval.generation, **overrides)
+    """The run's decoding settings with command-line overrides, range-checked like the recipe."""
+    from .recipe import _check_range
+
+    fields = {f.name: f for f in dataclasses.fields(GenerationConfig)}
+    for key, value in overrides.items():
+        flag = "--" + key.replace("_", "-")
+        try:
+            _check_range(value, fields[key].metadata, flag, "command line")
+        except RecipeError as e:
+            raise RecipeError(e.message, field=flag, fix=e.fix) from None
+    gen = dataclasses.replace(recipe.eval.generation, **overrides)
+    if gen.do_sample and gen.temperature <= 0:
+        raise RecipeError("sampling needs a temperature > 0", field="--temperature", fix="e.g. --temperature 0.7")
+    return gen
 
 
-def row_to_messages(row: dict, lineno: int, file: str) -> list[dict]:
+def _fit(ids: list[int], model, arch: str, gen: GenerationConfig, eos: int | None) -> tuple[list[int], bool]:
+    """Left-truncate a prompt so it and max_new_tokens fit the model's context (as evaluation does)."""
+    from .evaluation.generate import fit_prompt
+    from .modeling import context_length
+
+    ctx = context_length(model.config)
+    if ctx is None:
+        return ids, False
+    budget = ctx - gen.max_new_tokens if arch == "causal" else ctx
+    if budget < 1:
+        raise RecipeError(f"max_new_tokens={gen.max_new_tokens} leaves no room for a prompt in the model's "
+                          f"{ctx}-token context", field="--max-new-tokens", fix=f"use fewer than {ctx}")
+    out = fit_prompt(ids, budget, arch, eos)
+    return out, len(out) < len(ids)
+
+
+def row_to_messages(row: dict, lineno: int, file: str, form: str = "nfc") -> list[dict]:
     """An input line: {instruction[, input]}, {prompt}, or {messages: [...]} (ending with a user turn)."""
+    if not isinstance(row, dict):
+        raise DataError(f"line {lineno}: expected a JSON object, got {type(row).__name__}", file=file,
+                        fix="write one JSON object per line, e.g. {\"instruction\": \"...\"}")
     if isinstance(row.get("messages"), list) or isinstance(row.get("conversations"), list):
         fmt = "messages" if "messages" in row else "sharegpt"
-        msgs = formats.FORMATS[fmt].convert(row, {})[0]
+        try:
+            msgs = formats.FORMATS[fmt].convert(row, {})[0]
+        except formats.BadRow as e:
+            raise DataError(f"line {lineno}: {e}", file=file,
+                            fix="use roles system, user, assistant or tool with string content") from None
     elif "instruction" in row:
         msgs = [{"role": "user", "content": str(row["instruction"]), "input": str(row.get("input") or "")}]
     elif "prompt" in row:
@@ -47,24 +83,33 @@ def row_to_messages(row: dict, lineno: int, file: str) -> list[dict]:
                         file=file, fix="write one JSON object per line, e.g. {\"instruction\": \"...\"}")
     if msgs and msgs[-1]["role"] == "assistant":
         msgs = msgs[:-1]
+    if not msgs:
+        raise DataError(f"line {lineno}: no user message to answer", file=file)
     for m in msgs:
-        m["content"] = normalise_text(m["content"])
+        m["content"] = normalise_text(m["content"], form)
     return msgs
 
 
 def _read_inputs(path: str) -> list[dict]:
-    fh = sys.stdin if path == "-" else open(path, encoding="utf-8")
-    rows = []
+    if path == "-":
+        raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
+    else:
+        if os.path.isdir(path):
+            raise DataError("input is a directory", file=path, field="--input", fix="pass a .jsonl file")
+        with open(path, "rb") as fh:
+            raw = fh.read()
     try:
-        for lineno, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"line {lineno}: invalid JSON ({e.msg})", file=path) from e
-    finally:
-        if fh is not sys.stdin:
-            fh.close()
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})", file=path, field="--input",
+                        fix="re-encode the file as UTF-8, e.g. iconv -t UTF-8") from e
+    rows = []
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"line {lineno}: invalid JSON ({e.msg})", file=path, field="--input") from e
     return rows
 
 
@@ -74,13 +119,23 @@ def generate_command(model_dir: str, input_path: str, out_path: str, gen_overrid
 
     if input_path != "-" and not os.path.exists(input_path):
         raise DataError("input file not found", file=input_path, field="--input")
-    model, tokenizer, arch = load_for_inference(model_dir)
+    if out_path != "-" and os.path.isdir(out_path):
+        raise DataError("--out is a directory", file=out_path, field="--out", fix="pass a file path, e.g. preds.jsonl")
+    if batch_size is not None and batch_size < 1:
+        raise RecipeError(f"--batch-size must be at least 1 (got {batch_size})", field="--batch-size")
     recipe = _run_recipe(model_dir)
+    gen = _generation(recipe, gen_overrides)
     rows = _read_inputs(input_path)
-    records = [{"messages": row_to_messages(r, i + 1, input_path), "task": "", "source": ""} for i, r in enumerate(rows)]
+    records = [{"messages": row_to_messages(r, i + 1, input_path, recipe.data.clean.normalize), "task": "",
+                "source": ""} for i, r in enumerate(rows)]
+    model, tokenizer, arch = load_for_inference(model_dir)
     prompts = encode_prompts(records, tokenizer, recipe.data.template, arch=arch, system=recipe.data.system_prompt)
+    fitted = [_fit(p, model, arch, gen, tokenizer.eos_token_id) for p in prompts]
+    cut = sum(c for _, c in fitted)
+    if cut:
+        print(f"[sft] note: {cut} prompt(s) left-truncated to fit the model context", file=sys.stderr, flush=True)
     stops = tuple(get_template(recipe.data.template).stop)
-    preds = generate_batched(model, tokenizer, prompts, arch=arch, gen=_generation(recipe, gen_overrides),
+    preds = generate_batched(model, tokenizer, [p for p, _ in fitted], arch=arch, gen=gen,
                              batch_size=batch_size or recipe.eval.batch_size, stops=stops)
     out_rows = [{**row, "prediction": p} for row, p in zip(rows, preds)]
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out_rows)
@@ -136,6 +191,9 @@ def _answer(model, tokenizer, arch, recipe, messages, gen, stream_prefix: str | 
     stops = tuple(get_template(recipe.data.template).stop)
     ids = encode_prompts([{"messages": messages, "task": "", "source": ""}], tokenizer, recipe.data.template,
                          arch=arch, system=recipe.data.system_prompt)[0]
+    ids, cut = _fit(ids, model, arch, gen, tokenizer.eos_token_id)
+    if cut:
+        print("(note: the conversation was left-truncated to fit the model context)", flush=True)
     device = next(model.parameters()).device
     inp = torch.tensor([ids], device=device)
     streamer = _StopStreamer(tokenizer, stops, stream_prefix) if stream_prefix is not None else None
@@ -153,9 +211,9 @@ def chat_command(model_dir: str, *, compare: str | None = None, gen: dict | None
     from .modeling import load_for_inference
 
     stdin = stdin or sys.stdin
-    model, tokenizer, arch = load_for_inference(model_dir)
     recipe = _run_recipe(model_dir)
     g = _generation(recipe, gen or {})
+    model, tokenizer, arch = load_for_inference(model_dir)
     base = None
     if compare:
         base = load_for_inference(compare)
@@ -181,7 +239,7 @@ def chat_command(model_dir: str, *, compare: str | None = None, gen: dict | None
             continue
         if not interactive:
             print(f"you> {text}", flush=True)
-        history.append({"role": "user", "content": text})
+        history.append({"role": "user", "content": normalise_text(text, recipe.data.clean.normalize)})
         answer = _answer(model, tokenizer, arch, recipe, history, g, stream_prefix="model> ")
         history.append({"role": "assistant", "content": answer})
         if base is not None:

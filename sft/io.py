@@ -38,3 +38,58 @@ def write_jsonl_atomic(path: str, rows) -> None:
 def read_json(path: str):
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
+
+
+def safe_name(name: str, *, file: str | None, field: str) -> str:
+    """A file name taken from a spec or recipe: a plain name, so the file stays inside its output folder."""
+    from .errors import RecipeError
+
+    if not isinstance(name, str) or not name or name in (".", "..") or any(c in name for c in "/\\\x00") \
+            or name != name.strip() or name.startswith("."):
+        raise RecipeError(f"{name!r} is not a plain file name", file=file, field=field,
+                          fix="use letters, digits, '-' and '_' (no '/', '..' or leading '.')")
+    return name
+
+
+def read_yaml(path: str, what: str = "file"):
+    """yaml.safe_load with one-line errors; a key given twice in one mapping is an error, not last-wins."""
+    import yaml
+
+    from .errors import RecipeError
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    def _mapping(loader, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                raise RecipeError(f"line {key_node.start_mark.line + 1}: a mapping key must be a plain value",
+                                  file=path, fix="quote the key") from None
+            if key in seen:
+                raise RecipeError(f"key {key!r} appears twice in one mapping (lines {seen[key]} and "
+                                  f"{key_node.start_mark.line + 1})", file=path,
+                                  fix="keep one of them (YAML would silently drop the first)")
+            seen[key] = key_node.start_mark.line + 1
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+    if not os.path.exists(path):
+        raise RecipeError(f"{what} not found", file=path, fix="check the path")
+    if os.path.isdir(path):
+        raise RecipeError(f"{what} is a directory", file=path, fix="pass a YAML file")
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            return yaml.load(fh, Loader=_Loader)
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"not UTF-8 text ({e.reason} at byte {e.start})", file=path, fix="save it as UTF-8") from e
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RecipeError(f"not valid YAML ({where}{problem})", file=path, fix="fix the YAML syntax") from e
+    except OSError as e:
+        raise RecipeError(f"cannot read {what} ({e.strerror})", file=path) from e

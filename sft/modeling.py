@@ -53,7 +53,46 @@ def load_config(cfg: ModelConfig):
             raise ModelError(f"config has no field {key!r}", field=f"model.config_overrides.{key}",
                              fix=f"use a field of {type(config).__name__}, e.g. n_layer, n_embd, d_model, num_layers")
         setattr(config, key, value)
+    check_config(config)
     return config
+
+
+# (width, heads) attribute pairs whose ratio must be whole, across families.
+_HEAD_PAIRS = (("n_embd", "n_head"), ("hidden_size", "num_attention_heads"), ("d_model", "encoder_attention_heads"),
+               ("d_model", "decoder_attention_heads"))
+CONTEXT_ATTRS = ("n_positions", "max_position_embeddings", "n_ctx")
+
+
+def check_config(config) -> None:
+    """Catch inconsistent sizes before torch does, deep inside model construction."""
+    for width_attr, heads_attr in _HEAD_PAIRS:
+        width, heads = getattr(config, width_attr, None), getattr(config, heads_attr, None)
+        if not isinstance(width, int) or not isinstance(heads, int):
+            continue
+        if width <= 0 or heads <= 0:
+            raise ModelError(f"{width_attr}={width} and {heads_attr}={heads} must be positive",
+                             field="model.config_overrides")
+        if width % heads:
+            raise ModelError(f"{heads_attr}={heads} does not divide {width_attr}={width}",
+                             field=f"model.config_overrides.{heads_attr}",
+                             fix=f"choose {heads_attr} dividing {width} (e.g. {_divisor_near(width, heads)})")
+    for attr in ("n_layer", "num_hidden_layers", "num_layers", "vocab_size", *CONTEXT_ATTRS):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
+            raise ModelError(f"{attr}={value} must be positive", field=f"model.config_overrides.{attr}")
+
+
+def _divisor_near(width: int, heads: int) -> int:
+    return min((d for d in range(1, width + 1) if width % d == 0), key=lambda d: abs(d - heads))
+
+
+def context_length(config) -> int | None:
+    """Longest sequence the model accepts (None: relative positions, e.g. T5)."""
+    for attr in CONTEXT_ATTRS:
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def resolve_arch(cfg: ModelConfig) -> str:
@@ -146,7 +185,7 @@ def load_model(recipe: Recipe, tokenizer, arch: str, *, base_save_dir: str | Non
                 src = base_save_dir or tmp
                 if not base_save_dir:
                     model.save_pretrained(tmp)
-                model = cls.from_pretrained(src, quantization_config=qconfig, dtype=dtype,
+                model = cls.from_pretrained(src, quantization_config=qconfig, dtype=dtype, trust_remote_code=False,
                                             device_map=_device_map(on_gpu))
         else:
             model = model.to(dtype)
@@ -231,7 +270,8 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
-def load_for_inference(output_dir: str, *, device: str | None = None, dtype: torch.dtype | None = None):
+def load_for_inference(output_dir: str, *, device: str | None = None, dtype: torch.dtype | None = None,
+                       trust_remote_code: bool = False):
     """(model, tokenizer, arch) from a training output dir, a merged model, or an adapter-only dir."""
     import json
 
@@ -241,22 +281,43 @@ def load_for_inference(output_dir: str, *, device: str | None = None, dtype: tor
     from .data.tokenizer import load_tokenizer
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = load_tokenizer(output_dir)
+    if not os.path.isdir(output_dir):
+        raise ModelError("model directory not found", file=output_dir, fix="pass a training output_dir or a model folder")
     adapter_cfg = os.path.join(output_dir, "adapter_config.json")
-    if os.path.exists(adapter_cfg):
-        peft_cfg = PeftConfig.from_pretrained(output_dir)
-        base_dir = peft_cfg.base_model_name_or_path
-        local_base = os.path.join(output_dir, "base_model")
-        if os.path.isdir(local_base):  # scratch bases are saved beside the adapter
-            base_dir = local_base
-        with open(adapter_cfg) as fh:
-            task_type = json.load(fh).get("task_type")
-        arch = "seq2seq" if task_type == "SEQ_2_SEQ_LM" else "causal"
-        base = _auto_class(arch).from_pretrained(base_dir, dtype=dtype or torch.float32)
-        model = PeftModel.from_pretrained(base, output_dir)
-    else:
-        config = AutoConfig.from_pretrained(output_dir)
-        arch = "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
-        model = _auto_class(arch).from_pretrained(output_dir, dtype=dtype or torch.float32)
+    if not os.path.exists(adapter_cfg) and not os.path.exists(os.path.join(output_dir, "config.json")):
+        unfinished = any(d.startswith("checkpoint-") for d in os.listdir(output_dir))
+        raise ModelError("no trained model here (no config.json or adapter_config.json)", file=output_dir,
+                         fix="the run did not finish: continue it with sft train RECIPE --resume" if unfinished
+                         else "pass the output_dir of a finished sft train run")
+    # Code is never run from a model folder: trust_remote_code stays off unless the run's recipe opted in.
+    trust = trust_remote_code
+    tokenizer = load_tokenizer(output_dir, trust_remote_code=trust)
+    try:
+        if os.path.exists(adapter_cfg):
+            peft_cfg = PeftConfig.from_pretrained(output_dir)
+            base_dir = peft_cfg.base_model_name_or_path
+            local_base = os.path.join(output_dir, "base_model")
+            if os.path.isdir(local_base):  # scratch bases are saved beside the adapter
+                base_dir = local_base
+            elif base_dir and not os.path.isdir(base_dir) and (base_dir.startswith((".", "/")) or
+                                                              os.path.basename(base_dir) == "base_model"):
+                raise ModelError(f"the adapter's base model {base_dir!r} is missing", file=adapter_cfg,
+                                 fix="restore the base model folder, or retrain")
+            with open(adapter_cfg, encoding="utf-8") as fh:
+                task_type = json.load(fh).get("task_type")
+            arch = "seq2seq" if task_type == "SEQ_2_SEQ_LM" else "causal"
+            base = _auto_class(arch).from_pretrained(base_dir, dtype=dtype or torch.float32, trust_remote_code=trust)
+            model = PeftModel.from_pretrained(base, output_dir)
+        else:
+            config = AutoConfig.from_pretrained(output_dir, trust_remote_code=trust)
+            arch = "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
+            model = _auto_class(arch).from_pretrained(output_dir, dtype=dtype or torch.float32,
+                                                      trust_remote_code=trust)
+    except ModelError:
+        raise
+    except Exception as e:
+        raise ModelError(f"cannot load the model ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+                         file=output_dir, fix="check that the folder holds a complete sft output or model "
+                         "(custom model code is not run unless the run's recipe set model.trust_remote_code)") from e
     model.to(device).eval()
     return model, tokenizer, arch

@@ -114,6 +114,20 @@ def model_card(output_dir: str, repo_id: str | None, license: str = "apache-2.0"
     return "\n".join(lines)
 
 
+def check_destination(src: str, dest: str, flag: str) -> None:
+    """A command that writes a new folder from a run folder never writes into (or around) its own input."""
+    a, b = os.path.realpath(src), os.path.realpath(dest)
+    if a == b or b.startswith(a.rstrip(os.sep) + os.sep) or a.startswith(b.rstrip(os.sep) + os.sep):
+        raise PublishError(f"{flag} must be a folder outside the input folder", file=dest, field=flag,
+                           fix="choose a new folder, e.g. outputs/merged")
+    if os.path.exists(dest) and not os.path.isdir(dest):
+        raise PublishError(f"{flag} is a file, not a folder", file=dest, field=flag, fix="choose a folder path")
+    if os.path.isdir(dest) and os.listdir(dest) and not os.path.exists(os.path.join(dest, "README.md")) \
+            and not os.path.exists(os.path.join(dest, "config.json")):
+        raise PublishError(f"{flag} already holds other files", file=dest, field=flag,
+                           fix="choose a new or empty folder (sft does not write into folders it did not make)")
+
+
 def stage(output_dir: str, dest: str, repo_id: str | None, license: str = "apache-2.0") -> list[str]:
     """Copy exactly what would be uploaded into `dest`; returns the relative paths."""
     if not os.path.exists(os.path.join(output_dir, "recipe.yaml")):
@@ -144,6 +158,7 @@ def push_command(output_dir: str, *, repo_id: str | None, private: bool = True, 
         os.path.join(output_dir, "recipe.yaml")) else None
     license = recipe.hub.license if recipe else "apache-2.0"
     if to_dir:
+        check_destination(output_dir, to_dir, "--to-dir")
         files = stage(output_dir, to_dir, repo_id, license)
         print(f"[sft] wrote {len(files)} files to {to_dir}: {', '.join(files)}")
         return files
@@ -178,6 +193,7 @@ def merge_adapter(output_dir: str, out: str) -> str:
 
     from .modeling import load_for_inference
 
+    check_destination(output_dir, out, "--out")
     if not _is_adapter(output_dir):
         raise PublishError("no LoRA adapter here (adapter_config.json missing)", file=output_dir,
                            fix="merge applies to runs with lora.enabled: true; a full fine-tune is already standalone")

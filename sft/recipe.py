@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
 import types
 import typing
@@ -40,7 +41,8 @@ class ModelConfig:
     tokenizer: str | None = _f(
         None, help="Tokenizer: a Hub id or directory (default: model.name), or 'bpe' / 'byte' to build one offline "
         "from the training data (cached).")
-    tokenizer_vocab_size: int = _f(2000, help="Vocabulary size of a tokenizer built with tokenizer: bpe.", min=260)
+    tokenizer_vocab_size: int = _f(2000, help="Vocabulary size of a tokenizer built with tokenizer: bpe.", min=260,
+                                   max=1_000_000)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
         "auto", help="Weight dtype. auto: float32 on CPU, bfloat16 on GPUs that support it.")
     trust_remote_code: bool = _f(False, help="Run model code from the Hub repo. Off unless you trust the repo.")
@@ -70,7 +72,10 @@ class SourceConfig:
 
 @dataclass
 class CleanConfig:
-    nfkc: bool = _f(True, help="Unicode NFKC normalisation.")
+    normalize: Literal["nfc", "nfkc", "none"] = _f(
+        "nfc", help="Unicode normalisation. nfc keeps every visible character (Chinese full-width punctuation "
+        "stays); nfkc folds compatibility forms (full-width to ASCII, ½ to 1⁄2); none keeps the bytes as read. "
+        "Every changed example is counted.")
     dedupe: bool = _f(True, help="Drop exact duplicate (prompt, answer) pairs.")
     strip_eos_markers: bool = _f(True, help="Remove literal end-of-text markers (<|endoftext|>, </s>) from text.")
     overlong: Literal["drop", "trim"] = _f(
@@ -85,18 +90,22 @@ class DataConfig:
     system_prompt: str | None = _f(None, help="System message added to examples that have none.")
     max_length: int = _f(256, help="Maximum tokens per example (prompt + answer).", min=8)
     max_samples: int | None = _f(None, help="Cap on the mixed training set.", min=1)
-    eval_ratio: float = _f(0.1, help="Fraction carved from train for evaluation (0 to disable).", min=0.0, max=0.9)
+    eval_ratio: float = _f(0.1, help="Fraction of each source held out for evaluation (0 to disable). The split "
+                           "is decided by a stable hash of the prompt, so it does not depend on row order.",
+                           min=0.0, max=0.9)
     test_ratio: float = _f(0.0, help="Fraction carved from train for a held-out test split.", min=0.0, max=0.9)
     eval_sources: list[SourceConfig] = _f(help="Explicit eval data; replaces carving eval_ratio from train.",
                                           factory=list)
-    max_eval_samples: int | None = _f(200, help="Cap on the eval split.", min=1)
-    seed: int = _f(42, help="Seed for mixing, shuffling and splitting.")
+    max_eval_samples: int | None = _f(200, help="Cap on the eval split, sampled across sources (each source that "
+                                      "has data keeps at least one example); rows beyond it stay in train.", min=1)
+    seed: int = _f(42, help="Seed for mixing, shuffling and splitting.", min=0)
     clean: CleanConfig = _f(help="Cleaning steps (each drop is counted).", factory=CleanConfig)
 
 
 @dataclass
 class TrainConfig:
-    output_dir: str = _f("outputs/run", help="Where the adapter/model, logs, checkpoints and metrics go.")
+    output_dir: str = _f("outputs/run", help="Where the adapter/model, logs, checkpoints and metrics go.",
+                         nonempty=True)
     epochs: float = _f(1.0, help="Training epochs (ignored when max_steps > 0).", min=0.0, exclusive_min=True)
     max_steps: int = _f(-1, help="Total optimiser steps; -1 to use epochs.", min=-1)
     batch_size: int = _f(8, help="Per-device batch size.", min=1)
@@ -112,7 +121,7 @@ class TrainConfig:
     logging_steps: int = _f(10, help="Log loss every N steps.", min=1)
     save_steps: int = _f(500, help="Write a checkpoint every N steps.", min=1)
     save_total_limit: int = _f(2, help="Keep at most N checkpoints.", min=1)
-    seed: int = _f(42, help="Training seed (model init, dropout, data order).")
+    seed: int = _f(42, help="Training seed (model init, dropout, data order).", min=0, max=2**32 - 1)
     report_to: list[str] = _f(help="Loggers: tensorboard, wandb, none.", factory=lambda: ["tensorboard"])
     use_cpu: bool = _f(False, help="Force CPU even when a GPU is present.")
     full_determinism: bool = _f(False, help="Deterministic kernels (slower); seeds are always set.")
@@ -158,8 +167,11 @@ class GenerationConfig:
 class EvalConfig:
     before: bool = _f(True, help="Score the base model before training.")
     after: bool = _f(True, help="Score the trained model after training.")
-    metrics: list[str] = _f(help="perplexity, bleu, rouge, exact_match, or evaluate:NAME (extra hub-metrics).",
+    metrics: list[str] = _f(help="perplexity, bleu, rouge, exact_match, exact_match_normalized, or evaluate:NAME "
+                            "(extra hub-metrics). See README 'Metrics'.",
                             factory=lambda: ["perplexity", "bleu", "rouge", "exact_match"])
+    group_references: bool = _f(True, help="Eval examples with the same prompt become one item scored against all "
+                                "their references (multi-reference BLEU/ROUGE/exact match).")
     batch_size: int = _f(32, help="Evaluation batch size.", min=1)
     max_samples: int | None = _f(None, help="Cap on examples scored (default: the whole eval split).", min=1)
     generation: GenerationConfig = _f(help="Decoding settings for generation metrics.", factory=GenerationConfig)
@@ -288,8 +300,12 @@ def _coerce(value: Any, tp: Any, path: str, file: str) -> Any:
 
 
 def _check_range(value: Any, meta: dict, path: str, file: str) -> None:
+    if meta.get("nonempty") and isinstance(value, str) and not value.strip():
+        raise RecipeError("is empty", file=file, field=path, fix="give a value")
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RecipeError(f"got {value!r}, expected a finite number", file=file, field=path)
     lo, hi = meta.get("min"), meta.get("max")
     if lo is not None and (value < lo or (meta.get("exclusive_min") and value == lo)):
         op = ">" if meta.get("exclusive_min") else ">="
@@ -326,11 +342,29 @@ def _build(cls: type, data: dict, prefix: str, file: str) -> Any:
     return cls(**kwargs)
 
 
+def _override_value(raw: str) -> Any:
+    """YAML-typed override value; a Jinja template or anything YAML cannot read stays a plain string."""
+    if not raw.strip():
+        return ""
+    if "{{" in raw or "{%" in raw:
+        return raw
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
 def _set_dotted(tree: dict, dotted: str, raw: str, file: str) -> None:
     parts = dotted.split(".")
+    if any(not p for p in parts):
+        raise RecipeError("empty part in the key", file="command line", field=dotted,
+                          fix="write e.g. train.learning_rate=1e-4")
     node: Any = tree
     for i, part in enumerate(parts[:-1]):
         nxt = parts[i + 1]
+        if not isinstance(node, (dict, list)):
+            raise RecipeError(f"{'.'.join(parts[:i]) or 'this'} is a single value, it has no field {part!r}",
+                              file="command line", field=dotted, fix=f"set {'.'.join(parts[:i])}=VALUE instead")
         if isinstance(node, list):
             if not part.isdigit() or int(part) > len(node):
                 raise RecipeError(f"no list item {part}", file=file, field=".".join(parts[: i + 1]),
@@ -342,16 +376,23 @@ def _set_dotted(tree: dict, dotted: str, raw: str, file: str) -> None:
         if part not in node or node[part] is None:
             node[part] = [] if nxt.isdigit() else {}
         node = node[part]
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    value = _override_value(raw)
     last = parts[-1]
+    if not isinstance(node, (dict, list)):
+        raise RecipeError(f"{'.'.join(parts[:-1])} is a single value, it has no field {last!r}",
+                          file="command line", field=dotted, fix=f"set {'.'.join(parts[:-1])}=VALUE instead")
     if isinstance(node, list):
+        if not last.isdigit():
+            raise RecipeError(f"{last!r} is not a list index", file="command line", field=dotted,
+                              fix=f"use a number from 0 to {len(node)}")
         idx = int(last)
         if idx == len(node):
             node.append(value)
         elif idx < len(node):
             node[idx] = value
         else:
-            raise RecipeError(f"no list item {idx}", file=file, field=dotted)
+            raise RecipeError(f"no list item {idx}", file=file, field=dotted,
+                              fix=f"the list has {len(node)} item(s); index up to {len(node)} (to append)")
     else:
         node[last] = value
 
@@ -369,16 +410,60 @@ def _validate_combinations(r: Recipe) -> None:
                           fix="add at least one source, e.g. '- path: builtin:synthetic'")
     if r.data.eval_ratio + r.data.test_ratio >= 1.0:
         raise RecipeError("eval_ratio + test_ratio must be < 1", file=file, field="data.eval_ratio")
+    from .evaluation.metrics import METRICS
+
     for m in r.eval.metrics:
-        if m not in ("perplexity", "bleu", "rouge", "exact_match") and not m.startswith("evaluate:"):
-            close = difflib.get_close_matches(m, ["perplexity", "bleu", "rouge", "exact_match"], n=1)
+        if m not in METRICS and not m.startswith("evaluate:"):
+            close = difflib.get_close_matches(m, list(METRICS), n=1)
             raise RecipeError(f"unknown metric {m!r}", file=file, field="eval.metrics",
                               fix=f"did you mean {close[0]!r}?" if close else
-                              "use perplexity, bleu, rouge, exact_match or evaluate:NAME")
+                              f"use {', '.join(METRICS)} or evaluate:NAME")
+    if r.hub.push_to_hub and not r.hub.repo_id:
+        raise RecipeError("push_to_hub is on but no repo_id is set", file=file, field="hub.repo_id",
+                          fix="set hub.repo_id: OWNER/NAME, or hub.push_to_hub: false")
+    _check_name(r.train.lr_scheduler, _scheduler_names(), file, "train.lr_scheduler")
+    _check_name(r.train.optim, _optimizer_names(), file, "train.optim")
+    for i, name in enumerate(r.train.report_to):
+        _check_name(name, _report_to_names(), file, f"train.report_to.{i}")
+
+
+def _check_name(value: str, valid: list[str], file: str, field_name: str) -> None:
+    if valid and value not in valid:
+        close = difflib.get_close_matches(value, valid, n=1)
+        raise RecipeError(f"unknown name {value!r}", file=file, field=field_name,
+                          fix=f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(valid)}")
+
+
+def _scheduler_names() -> list[str]:
+    from transformers.trainer_utils import SchedulerType
+
+    return [s.value for s in SchedulerType]
+
+
+def _optimizer_names() -> list[str]:
+    from transformers.training_args import OptimizerNames
+
+    return [o.value for o in OptimizerNames]
+
+
+def _report_to_names() -> list[str]:
+    try:
+        from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+    except ImportError:  # the table moved: do not block a run on our own lookup
+        return []
+    return sorted(INTEGRATION_TO_CALLBACK) + ["none", "all"]
+
+
+def _migrate(data: dict) -> dict:
+    """Recipes saved by earlier sft versions keep loading with the meaning they had."""
+    clean = (data.get("data") or {}).get("clean") if isinstance(data.get("data"), dict) else None
+    if isinstance(clean, dict) and "nfkc" in clean and "normalize" not in clean:
+        clean["normalize"] = "nfkc" if clean.pop("nfkc") else "none"
+    return data
 
 
 def recipe_from_dict(data: dict, *, path: str = "<recipe>", overrides: list[str] | tuple = ()) -> Recipe:
-    data = json.loads(json.dumps(data))  # deep copy, plain types
+    data = _migrate(json.loads(json.dumps(data)))  # deep copy, plain types
     for ov in overrides:
         if "=" not in ov:
             raise RecipeError(f"override {ov!r} is not key=value", file="command line", field=ov,
@@ -393,18 +478,11 @@ def recipe_from_dict(data: dict, *, path: str = "<recipe>", overrides: list[str]
 
 def load_recipe(path: str, overrides: list[str] | tuple = ()) -> Recipe:
     """Load, override and validate a recipe file. Raises RecipeError with one-line messages."""
+    from .io import read_yaml
+
     if not os.path.exists(path):
         raise RecipeError("recipe file not found", file=path, fix="check the path, e.g. recipes/quickstart.yaml")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
-    except UnicodeDecodeError as e:
-        raise RecipeError(f"not UTF-8 text ({e.reason} at byte {e.start})", file=path, fix="save it as UTF-8") from e
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise RecipeError(f"not valid YAML ({where}{problem})", file=path, fix="fix the YAML syntax") from e
+    data = read_yaml(path, "recipe file")
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -27,11 +27,11 @@ def shared(*parts):
     return path
 
 
-def run_cli(*args, cwd=None, env=None, timeout=600):
+def run_cli(*args, cwd=None, env=None, timeout=600, input=None):
     """Run `python -m sft ...` in a subprocess; returns CompletedProcess (text)."""
     e = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "sft", *args], cwd=cwd or ROOT, env=e, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, input=input)
 
 
 def tiny_recipe(arch="gpt2", out="out", *, steps=30, mode="full", n=240, **extra):

@@ -128,8 +128,12 @@ def test_dirty_fixture_drop_counts():
                  "dirty_alpaca: null or missing field 'output'": 1, "dirty_alpaca: non-string field 'output'": 1}
     texts = {r["messages"][0]["content"]: r["messages"][-1]["content"] for r in s.train}
     assert texts["Say bye"] == "bye"  # stripped, end-of-text marker removed
-    assert texts["Fullwidth"] == "yes"  # NFKC
+    assert texts["Ｆｕｌｌｗｉｄｔｈ"] == "ｙｅｓ"  # default NFC keeps every visible character
     assert len(s.train) == 4
+    s = load_splits(data_cfg({"path": f"{FIXTURES}/dirty_alpaca.jsonl"}, eval_ratio=0.0,
+                             clean={"normalize": "nfkc"}))
+    texts = {r["messages"][0]["content"]: r["messages"][-1]["content"] for r in s.train}
+    assert texts["Fullwidth"] == "yes" and s.report.edited["unicode NFKC changed characters"] == 1
 
 
 def test_overlong_drop_and_trim_are_counted():

@@ -164,6 +164,7 @@ def test_output_dir_of_another_recipe(tmp_path, capsys):
     out.mkdir()
     other = tiny_recipe("gpt2", out, train__learning_rate=0.5)
     write_recipe(out / "recipe.yaml", other)
+    (out / ".sft-run").write_text("{}")  # an sft run folder
     err = one_line_error(capsys, "train", write_recipe(tmp_path / "r.yaml", tiny_recipe("gpt2", out)))
     assert "output_dir holds a run of a different recipe" in err and "--overwrite" in err
 

@@ -7,35 +7,8 @@ import pytest
 import torch
 
 from sft.evaluation.generate import generate_batched
-from sft.evaluation.metrics import CJKTokenizer, corpus_bleu, exact_match, rouge_pair, score_texts
 from sft.evaluation.perplexity import perplexity, token_nll
 from sft.recipe import GenerationConfig
-
-
-def test_sacrebleu_reference_value():
-    hyps = ["The dog bit the man.", "It wasn't surprising.", "The man had just bitten him."]
-    refs = [["The dog bit the man.", "It was not unexpected.", "The man bit him first."],
-            ["The dog had bit the man.", "No one was surprised.", "The man had bitten the dog."]]
-    assert corpus_bleu(hyps, refs) == pytest.approx(48.530827, abs=1e-6)
-
-
-def test_rouge_reference_values():
-    assert rouge_pair("testing", "testing one two")["rouge1"] == pytest.approx(0.5)
-    assert rouge_pair("testing one", "testing one two")["rougeL"] == pytest.approx(0.8)
-
-
-def test_chinese_bleu_and_rouge():
-    assert corpus_bleu(["今天天气不好"], ["今天天气很好"]) == pytest.approx(53.73, abs=0.01)
-    r = rouge_pair("今天天气不好", "今天天气很好")
-    assert r["rouge1"] == pytest.approx(0.8333, abs=1e-4) and r["rouge2"] == pytest.approx(0.6)
-    assert CJKTokenizer().tokenize("GPT-2 说你好") == ["gpt", "2", "说", "你", "好"]
-
-
-def test_exact_match_normalisation_and_per_sample():
-    assert exact_match("  Paris. ", "paris") == 1.0 and exact_match("四百。", "四百") == 1.0
-    assert exact_match("Paris", "London") == 0.0
-    corpus, per = score_texts(["a b", "x"], ["a b", "y"], ["exact_match", "rouge", "bleu"])
-    assert corpus["exact_match"] == 0.5 and per[0]["exact_match"] == 1.0 and per[1]["rouge1"] == 0.0
 
 
 def _tiny_gpt2():

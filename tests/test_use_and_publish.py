@@ -16,7 +16,7 @@ def test_eval_outputs_written_by_train(trained_full):
     assert m["metrics"]["perplexity"] < m["before"]["metrics"]["perplexity"]
     assert m["per_task"] and all("num_samples" in v for v in m["per_task"].values())
     preds = [json.loads(l) for l in (trained_full / "predictions.jsonl").read_text().splitlines()]
-    assert len(preds) == m["num_samples"] and {"prompt", "reference", "prediction", "scores", "nll"} <= set(preds[0])
+    assert len(preds) == m["num_samples"] and {"prompt", "messages", "references", "prediction", "scores", "nll"} <= set(preds[0])
     assert "## Before and after training" in (trained_full / "eval_report.md").read_text()
 
 

@@ -35,24 +35,18 @@ import string
 import unicodedata
 from collections import Counter, defaultdict
 
-import yaml
 
 from ..data import synthetic
 from ..errors import DataError, RecipeError
-from ..io import write_json_atomic, write_jsonl_atomic, write_text_atomic
+from ..io import read_yaml, safe_name, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from ..text import word_count
 from .neardup import dedupe_near
 
 SPEC_KEYS = {"name", "seed", "splits", "max_words", "near_dup_threshold", "tasks", "self_instruct", "description"}
 
 
 def load_spec(path: str) -> dict:
-    if not os.path.exists(path):
-        raise RecipeError("spec file not found", file=path)
-    with open(path, encoding="utf-8") as fh:
-        try:
-            spec = yaml.safe_load(fh) or {}
-        except yaml.YAMLError as e:
-            raise RecipeError(f"not valid YAML ({str(e).splitlines()[0]})", file=path) from e
+    spec = read_yaml(path, "spec file") or {}
     if not isinstance(spec, dict):
         raise RecipeError("top level must be a mapping", file=path)
     unknown = set(spec) - SPEC_KEYS
@@ -65,6 +59,12 @@ def load_spec(path: str) -> dict:
     spec.setdefault("splits", {"train": 0.8, "validation": 0.1, "test": 0.1})
     spec.setdefault("max_words", 400)
     spec.setdefault("near_dup_threshold", 0.7)
+    if not isinstance(spec["splits"], dict) or not spec["splits"] or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in spec["splits"].values()):
+        raise RecipeError("splits must map split names to ratios between 0 and 1", file=path, field="splits",
+                          fix="e.g. splits: {train: 0.8, validation: 0.1, test: 0.1}")
+    for name in spec["splits"]:
+        safe_name(name, file=path, field=f"splits.{name}")
     total = sum(spec["splits"].values())
     if abs(total - 1.0) > 1e-6:
         raise RecipeError(f"split ratios sum to {total}, expected 1", file=path, field="splits")
@@ -170,9 +170,23 @@ def generate_records(spec: dict, out_dir: str) -> tuple[list[dict], dict, list[d
     return records, si_stats, licences
 
 
+def _why_empty(spec: dict, si_stats: dict) -> str:
+    """Why nothing came out, counted from what went in (a bare 'no records' helps nobody)."""
+    parts = []
+    if not spec.get("tasks"):
+        parts.append("no tasks")
+    if si_stats:
+        failed = sum(si_stats.get("instance_drops", {}).values())
+        if si_stats.get("pool", 0) == 0:
+            parts.append(f"every one of {si_stats.get('proposed', 0)} proposed instructions was filtered "
+                         f"({si_stats.get('filtered') or 'none proposed'})")
+        elif failed:
+            parts.append(f"every one of {failed} generated instances failed to parse (no 'Output:')")
+    return "; ".join(parts) or "the tasks yielded no rows"
+
+
 def _words(text: str) -> int:
-    cjk = sum(1 for ch in text if "\u4e00" <= ch <= "\u9fff")
-    return len(text.split()) + max(0, cjk - 1)
+    return word_count(text)
 
 
 def clean(records: list[dict], spec: dict) -> tuple[list[dict], Counter, list]:
@@ -285,7 +299,9 @@ def build_data_command(spec_path: str, out: str) -> dict:
     os.makedirs(out, exist_ok=True)
     records, si_stats, licences = generate_records(spec, out)
     if not records:
-        raise DataError("the spec produced no records", file=spec_path, field="tasks")
+        raise DataError(f"the spec produced no records: {_why_empty(spec, si_stats)}", file=spec_path,
+                        field="self_instruct" if spec.get("self_instruct") else "tasks",
+                        fix="check the generator and the spec's tasks (see self_instruct/prompts.jsonl)")
     kept, drops, near_examples = clean(records, spec)
     splits = stratified_split(kept, spec["splits"], spec["seed"])
     for name, rows in splits.items():

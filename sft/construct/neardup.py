@@ -16,14 +16,13 @@ import zlib
 
 import numpy as np
 
-from ..evaluation.metrics import CJKTokenizer
+from ..text import cjk_tokens
 
 _PRIME = (1 << 61) - 1
-_TOKENIZER = CJKTokenizer()
 
 
 def tokens(text: str) -> list[str]:
-    return _TOKENIZER.tokenize(text)
+    return cjk_tokens(text)
 
 
 def shingles(toks: list[str]) -> np.ndarray:

@@ -18,6 +18,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..text import is_punctuation_or_symbol, mostly_punctuation, word_count
 from .neardup import NearDupIndex
 
 DEFAULT_BLACKLIST = ["image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
@@ -64,9 +65,9 @@ def parse_instructions(text: str) -> list[str]:
 
 def filter_reason(inst: str, cfg: SelfInstructConfig, index: NearDupIndex) -> str | None:
     """Why an instruction is rejected (None: accepted)."""
-    words = inst.split()
-    cjk_chars = sum(1 for ch in inst if "\u4e00" <= ch <= "\u9fff")
-    length = len(words) + max(0, cjk_chars // 2 - 1)  # Chinese has no spaces: two characters ~ one word
+    if mostly_punctuation(inst):
+        return "only punctuation"
+    length = word_count(inst)
     if length < cfg.min_words:
         return f"fewer than {cfg.min_words} words"
     if length > cfg.max_words:
@@ -77,7 +78,7 @@ def filter_reason(inst: str, cfg: SelfInstructConfig, index: NearDupIndex) -> st
             return "blacklisted keyword"
     if inst.startswith("Write a program"):
         return "blacklisted keyword"
-    if inst[0] in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~":
+    if is_punctuation_or_symbol(inst[0]):
         return "starts with punctuation"
     score, _ = index.query(inst)
     if score > cfg.rouge_threshold:
@@ -89,11 +90,11 @@ def _load_generator(name: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(name)
+    tok = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, trust_remote_code=False).eval()
     return model, tok
 
 

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import json
-import unicodedata
 from collections import Counter
+
+from ..text import normalize, squash_spaces
 
 EOS_MARKERS = ("<|endoftext|>", "</s>", "<|im_end|>", "<eos>")
 
 
 class DropReport:
-    """Counts of dropped examples and edits, by reason."""
+    """Counts of dropped examples and edits, by reason (and by source, for the row accounting)."""
 
     def __init__(self):
         self.dropped: Counter = Counter()
         self.edited: Counter = Counter()
+        self.dropped_by_source: dict[str, Counter] = {}
 
-    def drop(self, reason: str, n: int = 1) -> None:
+    def drop(self, reason: str, n: int = 1, source: str | None = None) -> None:
         if n:
             self.dropped[reason] += n
+            if source is not None:
+                self.dropped_by_source.setdefault(source, Counter())[reason] += n
 
     def edit(self, reason: str, n: int = 1) -> None:
         if n:
@@ -27,6 +31,8 @@ class DropReport:
     def merge(self, other: "DropReport") -> None:
         self.dropped.update(other.dropped)
         self.edited.update(other.edited)
+        for src, c in other.dropped_by_source.items():
+            self.dropped_by_source.setdefault(src, Counter()).update(c)
 
     @property
     def total_dropped(self) -> int:
@@ -36,10 +42,8 @@ class DropReport:
         return {"dropped": dict(self.dropped.most_common()), "edited": dict(self.edited.most_common())}
 
 
-def normalise_text(text: str, nfkc: bool = True) -> str:
-    if nfkc:
-        text = unicodedata.normalize("NFKC", text)
-    return text.strip()
+def normalise_text(text: str, form: str = "nfc") -> str:
+    return normalize(text, form).strip()
 
 
 def prompt_key(record: dict) -> str:
@@ -49,11 +53,12 @@ def prompt_key(record: dict) -> str:
     return json.dumps([[m["role"], m["content"], m.get("input", "")] for m in msgs[:last]], ensure_ascii=False)
 
 
-def clean_records(records: list[dict], *, nfkc: bool = True, dedupe: bool = True, strip_eos_markers: bool = True,
-                  report: DropReport) -> list[dict]:
+def clean_records(records: list[dict], *, normalize_form: str = "nfc", dedupe: bool = True,
+                  strip_eos_markers: bool = True, report: DropReport) -> list[dict]:
     out, seen = [], set()
     for rec in records:
         msgs = []
+        changed: set[str] = set()
         for m in rec["messages"]:
             m = dict(m)
             content = m["content"]
@@ -62,26 +67,38 @@ def clean_records(records: list[dict], *, nfkc: bool = True, dedupe: bool = True
                     if marker in content:
                         content = content.replace(marker, "")
                         report.edit(f"removed literal {marker} from an answer")
-            m["content"] = normalise_text(content, nfkc)
-            if "input" in m:
-                m["input"] = normalise_text(m["input"] or "", nfkc)
+            for key, text in (("content", content), ("input", m.get("input"))):
+                if key == "input" and "input" not in m:
+                    continue
+                text = text or ""
+                normal = normalize(text, normalize_form)
+                if normal != text:
+                    changed.add(f"unicode {normalize_form.upper()} changed characters")
+                if normal.strip() != normal:
+                    changed.add("stripped surrounding whitespace")
+                m[key] = normal.strip()
             msgs.append(m)
+        for reason in changed:
+            report.edit(reason)
+        task = squash_spaces(str(rec.get("task", "")))
+        if task != rec.get("task"):
+            rec = {**rec, "task": task}
         answers = [m for m in msgs if m["role"] == "assistant"]
         users = [m for m in msgs if m["role"] in ("user", "tool")]
         if not answers or not answers[-1]["content"]:
-            report.drop("empty answer")
+            report.drop("empty answer", source=rec.get("source"))
             continue
         if not users or not any(m["content"] or m.get("input") for m in users):
             if rec.get("allow_empty_prompt"):
                 pass
             else:
-                report.drop("empty prompt")
+                report.drop("empty prompt", source=rec.get("source"))
                 continue
         rec = {**rec, "messages": msgs}
         if dedupe:
             key = json.dumps([[m["role"], m["content"], m.get("input", "")] for m in msgs], ensure_ascii=False)
             if key in seen:
-                report.drop("exact duplicate")
+                report.drop("exact duplicate", source=rec.get("source"))
                 continue
             seen.add(key)
         out.append(rec)

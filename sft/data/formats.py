@@ -49,8 +49,13 @@ def _alpaca(row: dict, columns: dict) -> list[list[dict]]:
     system = row.get("system")
     if isinstance(system, str) and system.strip():
         msgs.append({"role": "system", "content": system})
-    for q, a in row.get("history") or []:  # LLaMA-Factory's alpaca history
-        msgs += [{"role": "user", "content": str(q)}, {"role": "assistant", "content": str(a)}]
+    history = row.get("history") or []
+    if not isinstance(history, list):
+        raise BadRow("'history' is not a list of [instruction, answer] pairs")
+    for pair in history:  # LLaMA-Factory's alpaca history
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(isinstance(x, str) for x in pair):
+            raise BadRow("'history' is not a list of [instruction, answer] pairs")
+        msgs += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
     msgs.append({"role": "user", "content": _text(row, "instruction"), "input": _text(row, "input", optional=True)})
     msgs.append({"role": "assistant", "content": _text(row, "output")})
     return [msgs]
@@ -114,8 +119,12 @@ def _messages(row: dict, columns: dict) -> list[list[dict]]:
         if role is None:
             raise BadRow(f"unknown role {t['role']!r}")
         m = {"role": role, "content": _content_text(t.get("content"))}
-        if t.get("loss_weight") is not None and float(t["loss_weight"]) == 0.0 and role == "assistant":
-            m["loss"] = False
+        weight = t.get("loss_weight")
+        if weight is not None:
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight != weight:
+                raise BadRow(f"loss_weight {weight!r} is not a number")
+            if float(weight) == 0.0 and role == "assistant":
+                m["loss"] = False
         msgs.append(m)
     return [msgs]
 
@@ -176,12 +185,22 @@ _DETECT_ORDER = ["self-instruct", "alpaca", "sharegpt", "messages", "prompt-comp
 
 
 def detect_format(rows: list[dict], *, file: str, field: str) -> str:
-    """The format matching the first rows; an error listing the columns found otherwise."""
-    sample = rows[:20]
+    """The format most of the first rows match (a few malformed rows are then dropped and counted, not
+    allowed to hide the format); an error listing the columns found otherwise."""
+    sample = rows[:50]
+    best, hits = None, 0
     for name in _DETECT_ORDER:
-        if sample and all(FORMATS[name].detect(r) for r in sample):
-            return name
+        n = sum(1 for r in sample if FORMATS[name].detect(r))
+        if n > hits:
+            best, hits = name, n
+    if best is not None and hits * 2 > len(sample):
+        return best
     cols = sorted({k for r in sample for k in r})
+    for key in ("messages", "conversations"):
+        bad = next((i for i, r in enumerate(sample) if isinstance(r.get(key), str)), None)
+        if bad is not None:
+            raise DataError(f"row {bad + 1}: '{key}' is a string, expected a list of turns", file=file, field=field,
+                            fix=f"store '{key}' as a JSON list such as [{{\"role\": \"user\", \"content\": \"...\"}}]")
     raise DataError(f"cannot detect the data format from columns {cols}", file=file, field=field,
                     fix="set format (alpaca, sharegpt, messages, prompt-completion, text, self-instruct) or "
                         "format: columns with columns: {prompt: COL, completion: COL}")

@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -45,12 +48,29 @@ def _task_of(src: SourceConfig, row: dict, default: str) -> str:
     return default
 
 
+def source_names(srcs: list[SourceConfig]) -> list[str]:
+    """Report names for sources: the file's base name, widened with its folder (or the source's position)
+    where two sources would otherwise share one."""
+    base = [sources.source_name(s.path) for s in srcs]
+    names = []
+    for i, (s, b) in enumerate(zip(srcs, base)):
+        if base.count(b) == 1:
+            names.append(b)
+            continue
+        parent = os.path.basename(os.path.dirname(os.path.abspath(os.path.expanduser(s.path))))
+        wide = f"{parent}/{b}" if not s.path.startswith("builtin:") else b
+        clash = sum(1 for j, (t, c) in enumerate(zip(srcs, base)) if c == b and not t.path.startswith("builtin:")
+                    and os.path.basename(os.path.dirname(os.path.abspath(os.path.expanduser(t.path)))) == parent)
+        names.append(wide if clash == 1 else f"{b}#{i}")
+    return names
+
+
 def load_source(src: SourceConfig, index: int, *, field_prefix: str, seed: int, report: DropReport,
-                per_source: dict, recipe_file: str | None = None) -> list[dict]:
+                per_source: dict, recipe_file: str | None = None, name: str | None = None) -> list[dict]:
     field_name = f"{field_prefix}.{index}"
     rows = sources.read_rows(src.path, split=src.split, subset=src.subset, field=f"{field_name}.path",
                              num_examples=src.num_examples, tasks=src.tasks, seed=seed)
-    name = sources.source_name(src.path)
+    name = name or sources.source_name(src.path)
     if not rows:
         raise DataError("source has no rows", file=src.path, field=f"{field_name}.path")
     fmt = src.format
@@ -73,7 +93,8 @@ def load_source(src: SourceConfig, index: int, *, field_prefix: str, seed: int, 
                 **({"allow_empty_prompt": True} if fmt == "text" else {})} for msgs, row in converted]
     key = name if field_prefix == "data.sources" else f"{name} ({field_prefix.split('.')[-1]}, {src.split})"
     per_source[key] = {"path": src.path, "format": fmt, "rows": len(rows), "examples": len(records),
-                        "detected": src.format == "auto"}
+                       "rows_dropped": sum(drops.values()), "detected": src.format == "auto",
+                       "role": "train" if field_prefix == "data.sources" else "eval"}
     return records
 
 
@@ -98,71 +119,158 @@ def _weighted(records: list[dict], weight: float, cap: int | None, rng: random.R
     return out
 
 
-def carve(records: list[dict], ratio: float, rng: random.Random) -> tuple[list[dict], list[dict]]:
-    """Split off about `ratio` of the records, keeping all copies of one prompt on the same side."""
-    if ratio <= 0:
-        return records, []
+def split_hash(key: str, seed: int) -> float:
+    """A stable number in [0, 1) for a prompt: the split never depends on row order or the machine."""
+    digest = hashlib.sha256(f"{seed}\x00{key}".encode("utf-8", "surrogatepass")).hexdigest()
+    return int(digest[:15], 16) / 16 ** 15
+
+
+def record_id(record: dict) -> str:
+    """Identity of one example (its messages, task and source), stored with a run's eval/test split."""
+    body = json.dumps([record["messages"], record.get("task"), record.get("source")], ensure_ascii=False,
+                      sort_keys=True)
+    return hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()[:20]
+
+
+def hash_split(records: list[dict], sizes: list[int], seed: int) -> list[list[dict]]:
+    """Hold out groups of same-prompt records, lowest prompt hash first, until each of `sizes` is reached;
+    the rest comes last. Every copy of one prompt lands on the same side."""
     groups: dict[str, list[dict]] = {}
     for r in records:
         groups.setdefault(prompt_key(r), []).append(r)
-    keys = list(groups)
-    rng.shuffle(keys)
-    target = round(len(records) * ratio)
-    held, n = set(), 0
-    for k in keys:
-        if n >= target:
-            break
-        held.add(k)
-        n += len(groups[k])
-    keep = [r for r in records if prompt_key(r) not in held]
-    out = [r for r in records if prompt_key(r) in held]
-    return keep, out
+    order = sorted(groups, key=lambda k: (split_hash(k, seed), k))
+    parts: list[list[dict]] = [[] for _ in sizes] + [[]]
+    part = 0
+    for k in order:
+        while part < len(sizes) and len(parts[part]) >= sizes[part]:
+            part += 1
+        parts[part].extend(groups[k])
+    return parts
+
+
+def allocate(wanted: list[int], cap: int | None) -> list[int]:
+    """Share `cap` across sources in proportion to what each wants (largest remainder), at least one for
+    every source that wants any, when the cap allows."""
+    total = sum(wanted)
+    if cap is None or total <= cap:
+        return list(wanted)
+    has = [i for i, w in enumerate(wanted) if w > 0]
+    floor = 1 if cap >= len(has) else 0
+    rest = cap - floor * len(has)
+    share = [(w - floor) * rest / max(total - floor * len(has), 1) if w else 0.0 for w in wanted]
+    out = [(floor if w else 0) + int(x) for w, x in zip(wanted, share)]
+    left = cap - sum(out)
+    for i in sorted(has, key=lambda i: (-(share[i] - int(share[i])), i))[:left]:
+        out[i] += 1
+    return [min(o, w) for o, w in zip(out, wanted)]
 
 
 def load_splits(cfg: DataConfig, *, recipe_file: str | None = None) -> Splits:
+    """Sources -> formats -> clean -> hash split per source -> weight -> mix. Every example is counted."""
     report = DropReport()
     per_source: dict = {}
     rng = random.Random(cfg.seed)
 
     def load_all(srcs: list[SourceConfig], prefix: str) -> list[list[dict]]:
         out = []
+        names = source_names(srcs)
         for i, src in enumerate(srcs):
             recs = load_source(src, i, field_prefix=prefix, seed=cfg.seed, report=report, per_source=per_source,
-                               recipe_file=recipe_file)
-            out.append(clean_records(recs, nfkc=cfg.clean.nfkc, dedupe=cfg.clean.dedupe,
+                               recipe_file=recipe_file, name=names[i])
+            out.append(clean_records(recs, normalize_form=cfg.clean.normalize, dedupe=cfg.clean.dedupe,
                                      strip_eos_markers=cfg.clean.strip_eos_markers, report=report))
         return out
 
     pooled = load_all(cfg.sources, "data.sources")
-    # Carve eval/test from each source before weighting, so upsampled copies cannot leak across splits.
+    names = source_names(cfg.sources)
+    # Eval/test are held out per source before weighting, so upsampled copies cannot leak across splits.
+    # max_eval_samples is shared across sources, so the carve takes only what is kept: no surplus is lost.
+    eval_ratio = 0.0 if cfg.eval_sources else cfg.eval_ratio
+    eval_sizes = allocate([round(len(r) * eval_ratio) for r in pooled], cfg.max_eval_samples)
+    test_sizes = [round(len(r) * cfg.test_ratio) for r in pooled]
     train_parts, eval_recs, test_recs = [], [], []
-    for src, recs in zip(cfg.sources, pooled):
-        recs = list(recs)
-        rng.shuffle(recs)
-        if not cfg.eval_sources:
-            recs, ev = carve(recs, cfg.eval_ratio, rng)
-            eval_recs += ev
-        recs, te = carve(recs, cfg.test_ratio / max(1e-9, 1 - (0 if cfg.eval_sources else cfg.eval_ratio)), rng)
+    for name, src, recs, n_eval, n_test in zip(names, cfg.sources, pooled, eval_sizes, test_sizes):
+        ev, te, rest = hash_split(recs, [n_eval, n_test], cfg.seed)
+        eval_recs += ev
         test_recs += te
-        train_parts.append(_weighted(recs, src.weight, src.max_samples, rng))
+        rest = list(rest)
+        rng.shuffle(rest)
+        weighted = _weighted(rest, src.weight, src.max_samples, rng)
+        report.drop(f"not sampled (weight {src.weight:g}" + (f", max_samples {src.max_samples})" if src.max_samples
+                                                             else ")"),
+                    len(rest) - len({id(r) for r in weighted}), source=name)
+        train_parts.append(weighted)
     if cfg.eval_sources:
-        eval_recs = [r for part in load_all(cfg.eval_sources, "data.eval_sources") for r in part]
+        parts = load_all(cfg.eval_sources, "data.eval_sources")
+        sizes = allocate([len(p) for p in parts], cfg.max_eval_samples)
+        for part, n in zip(parts, sizes):
+            ev, rest = hash_split(part, [n], cfg.seed)
+            eval_recs += ev
+            if rest:
+                report.drop("eval source beyond data.max_eval_samples", len(rest), source=part[0]["source"])
     train = [r for part in train_parts for r in part]
     rng.shuffle(train)
-    if cfg.max_samples is not None:
+    if cfg.max_samples is not None and len(train) > cfg.max_samples:
+        _drop_unique(train[cfg.max_samples:], train[: cfg.max_samples], "over data.max_samples", report)
         train = train[: cfg.max_samples]
 
     # Exact-duplicate prompts never in both train and eval/test (matters for explicit eval sources).
     held_keys = {prompt_key(r) for r in eval_recs + test_recs}
-    before = len(train)
-    train = [r for r in train if prompt_key(r) not in held_keys]
-    report.drop("train prompt also in eval/test", before - len(train))
-    if cfg.max_eval_samples is not None and len(eval_recs) > cfg.max_eval_samples:
-        eval_recs = eval_recs[: cfg.max_eval_samples]
+    kept = [r for r in train if prompt_key(r) not in held_keys]
+    _drop_unique([r for r in train if prompt_key(r) in held_keys], kept, "train prompt also in eval/test", report)
+    train = kept
     if not train:
         raise DataError("every training example was dropped or held out", file=recipe_file, field="data.sources",
                         fix=f"check the drop report: {report.to_dict()['dropped']}")
     return Splits(train, eval_recs, test_recs, report, per_source)
+
+
+def _drop_unique(removed: list[dict], kept: list[dict], reason: str, report: DropReport) -> None:
+    """Count removed examples once each (copies from up-weighting are not examples of their own)."""
+    still = {id(r) for r in kept}
+    gone: dict[int, dict] = {id(r): r for r in removed if id(r) not in still}
+    for r in gone.values():
+        report.drop(reason, 1, source=r["source"])
+
+
+def accounting(splits: Splits, train_records: list[dict]) -> dict:
+    """Per source: examples = train + eval + test + dropped (train counts distinct examples; weighting may
+    repeat them). `train_records` are the examples that survived tokenisation."""
+    out = {}
+    for name, info in splits.per_source.items():
+        if info.get("role") == "eval":
+            src = name.split(" (")[0]
+            ev = sum(r["source"] == src for r in splits.eval)
+            dropped = dict(splits.report.dropped_by_source.get(src, {}))
+            out[name] = {"rows": info["rows"], "rows_dropped": info.get("rows_dropped", 0),
+                         "examples": info["examples"], "train": 0, "train_with_copies": 0, "eval": ev, "test": 0,
+                         "dropped": dropped, "balanced": info["examples"] == ev + sum(dropped.values())}
+            continue
+        src = name
+        train_unique = {id(r) for r in train_records if r["source"] == src}
+        train_total = sum(1 for r in train_records if r["source"] == src)
+        dropped = dict(splits.report.dropped_by_source.get(src, {}))
+        row = {"rows": info["rows"], "rows_dropped": info.get("rows_dropped", 0), "examples": info["examples"],
+               "train": len(train_unique), "train_with_copies": train_total,
+               "eval": sum(r["source"] == src for r in splits.eval),
+               "test": sum(r["source"] == src for r in splits.test), "dropped": dropped}
+        row["balanced"] = row["examples"] == row["train"] + row["eval"] + row["test"] + sum(dropped.values())
+        out[name] = row
+    return out
+
+
+def accounting_lines(acc: dict) -> list[str]:
+    """The identity, one line per source, as `sft data` and `sft train` print it."""
+    lines = []
+    for name, a in acc.items():
+        drops = ", ".join(f"{k} {v}" for k, v in sorted(a["dropped"].items(), key=lambda kv: -kv[1]))
+        rows = f"{a['rows']} rows" + (f" ({a['rows_dropped']} unreadable)" if a["rows_dropped"] else "")
+        copies = a["train_with_copies"] - a["train"]
+        lines.append(f"source {name}: {rows} -> {a['examples']} examples = train {a['train']} + eval {a['eval']} + "
+                     f"test {a['test']} + dropped {sum(a['dropped'].values())}" + (f" ({drops})" if drops else "")
+                     + (f"; train repeats {copies} by weight" if copies else "")
+                     + ("" if a["balanced"] else " [does not add up: please report]"))
+    return lines
 
 
 # ---- tokenisation -----------------------------------------------------------------------------
@@ -182,11 +290,20 @@ def _tokenize_many(tokenizer, texts: list[str]) -> list[list[int]]:
 
 
 def encode(records: list[dict], tokenizer, template_spec: str, *, arch: str, max_length: int,
-           overlong: str = "drop", system: str | None = None, report: DropReport | None = None) -> Encoded:
-    """Render and tokenise. Causal: input_ids = all segments + EOS, labels -100 on untrained tokens.
+           overlong: str = "drop", system: str | None = None, report: DropReport | None = None,
+           final_only: bool = False) -> Encoded:
+    """Render and tokenise. Causal: input_ids = all segments + EOS, labels -100 on untrained tokens
+    (`final_only`: only the final answer is labelled, as evaluation scores it).
     Seq2seq: input_ids = source + EOS, labels = final answer + EOS."""
     template = get_template(template_spec)
     report = report or DropReport()
+    counted: set[int] = set()
+
+    def drop(rec: dict, reason: str) -> None:
+        # a record repeated by up-weighting is one example: count it once per source
+        report.drop(reason, 1, source=None if id(rec) in counted else rec.get("source"))
+        counted.add(id(rec))
+
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DataError("tokenizer has no EOS token", field="model.tokenizer", fix="use a tokenizer with an eos_token")
@@ -199,33 +316,37 @@ def encode(records: list[dict], tokenizer, template_spec: str, *, arch: str, max
         if arch == "seq2seq":
             last = max((i for i, (_, t) in enumerate(seg_ids) if t), default=None)
             if last is None:
-                report.drop("no answer after rendering")
+                drop(rec, "no trained token (no answer, or every answer has loss_weight 0)")
                 continue
             src = [i for ids, _ in seg_ids[:last] for i in ids] + [eos]
             tgt = seg_ids[last][0] + [eos]
             lengths.append(len(src) + len(tgt))
             if len(src) > max_length or len(tgt) > max_length:
                 if overlong == "drop":
-                    report.drop(f"longer than max_length={max_length} tokens")
+                    drop(rec, f"longer than max_length={max_length} tokens")
                     continue
                 report.edit(f"trimmed to max_length={max_length} tokens")
                 src, tgt = src[: max_length - 1] + [eos], tgt[: max_length - 1] + [eos]
             feats.append({"input_ids": src, "labels": tgt, "task": rec["task"]})
         else:
             input_ids, labels = [], []
-            for ids, trained in seg_ids:
+            last = max((i for i, (_, t) in enumerate(seg_ids) if t), default=None)
+            if last is None:
+                drop(rec, "no trained token (no answer, or every answer has loss_weight 0)")
+                continue
+            for i, (ids, trained) in enumerate(seg_ids):
                 input_ids += ids
-                labels += ids if trained else [-100] * len(ids)
+                labels += ids if trained and (not final_only or i == last) else [-100] * len(ids)
             input_ids.append(eos)
             labels.append(eos)
             lengths.append(len(input_ids))
             if len(input_ids) > max_length:
                 if overlong == "drop":
-                    report.drop(f"longer than max_length={max_length} tokens")
+                    drop(rec, f"longer than max_length={max_length} tokens")
                     continue
                 input_ids, labels = input_ids[:max_length], labels[:max_length]
                 if all(x == -100 for x in labels):
-                    report.drop(f"prompt fills max_length={max_length} (answer fully truncated)")
+                    drop(rec, f"prompt fills max_length={max_length} (answer fully truncated)")
                     continue
                 report.edit(f"trimmed to max_length={max_length} tokens")
             feats.append({"input_ids": input_ids, "labels": labels, "task": rec["task"]})

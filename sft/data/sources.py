@@ -28,8 +28,9 @@ def source_name(path: str) -> str:
 
 
 def _read_text(path: str, field: str) -> str:
+    """The whole file as text; a UTF-8 byte-order mark is accepted and dropped."""
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
             return fh.read()
     except UnicodeDecodeError as e:
         raise DataError(f"not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})", file=path,
@@ -38,9 +39,19 @@ def _read_text(path: str, field: str) -> str:
         raise DataError(f"cannot read file ({e.strerror})", file=path, field=field) from e
 
 
-def _read_jsonl(path: str, field: str) -> list[dict]:
+def _read_jsonl(path: str, field: str, text: str | None = None) -> list[dict]:
+    text = _read_text(path, field) if text is None else text
+    if text.lstrip().startswith("["):  # a JSON array saved as .jsonl: read it as the JSON it is
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = None
+        if isinstance(data, list):
+            return _rows_of(data, path, field)
     rows = []
-    for lineno, line in enumerate(_read_text(path, field).splitlines(), 1):
+    # JSON lines are separated by \n only (\r\n tolerated): U+2028, U+0085 or \x0c inside a string are text.
+    for lineno, line in enumerate(text.split("\n"), 1):
+        line = line[:-1] if line.endswith("\r") else line
         if not line.strip():
             continue
         try:
@@ -50,9 +61,17 @@ def _read_jsonl(path: str, field: str) -> list[dict]:
                             fix="repair or delete that line (is the file truncated?)") from e
         if not isinstance(row, dict):
             raise DataError(f"line {lineno}: expected a JSON object, got {type(row).__name__}", file=path,
-                            field=field)
+                            field=field, fix="write one JSON object per line")
         rows.append(row)
     return rows
+
+
+def _rows_of(data: list, path: str, field: str) -> list[dict]:
+    for i, r in enumerate(data):
+        if not isinstance(r, dict):
+            raise DataError(f"item {i} of the JSON list is a {type(r).__name__}, expected an object", file=path,
+                            field=field, fix="make every item an object such as {\"instruction\": ..., ...}")
+    return data
 
 
 def _read_json(path: str, field: str) -> list[dict]:
@@ -61,24 +80,42 @@ def _read_json(path: str, field: str) -> list[dict]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         if e.msg.startswith("Extra data"):  # JSON lines saved as .json
-            return _read_jsonl(path, field)
+            return _read_jsonl(path, field, text)
         raise DataError(f"invalid JSON at line {e.lineno}, column {e.colno} ({e.msg})", file=path, field=field,
                         fix="repair the file (is it truncated?)") from e
     if isinstance(data, dict):
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) == 1:
             data = lists[0]
-    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        raise DataError("expected a JSON list of objects (or JSON lines)", file=path, field=field)
-    return data
+    if not isinstance(data, list):
+        raise DataError(f"expected a JSON list of objects (or JSON lines), got a {type(data).__name__}", file=path,
+                        field=field, fix="store the rows as a list: [{...}, {...}]")
+    return _rows_of(data, path, field)
 
 
 def _read_csv(path: str, field: str) -> list[dict]:
-    text = _read_text(path, field)
-    reader = csv.DictReader(text.splitlines())
-    if not reader.fieldnames:
-        raise DataError("CSV file has no header row", file=path, field=field, fix="add a header naming the columns")
-    return [dict(r) for r in reader]
+    """RFC 4180 through the csv module: quoted fields keep their newlines, commas and any other character."""
+    import io
+
+    reader = csv.DictReader(io.StringIO(_read_text(path, field), newline=""), restkey=_EXTRA)
+    try:
+        if not reader.fieldnames:
+            raise DataError("CSV file has no header row", file=path, field=field,
+                            fix="add a header naming the columns")
+        rows = []
+        for r in reader:
+            if _EXTRA in r:
+                raise DataError(f"line {reader.line_num}: {len(reader.fieldnames) + len(r[_EXTRA])} fields for "
+                                f"{len(reader.fieldnames)} header columns", file=path, field=field,
+                                fix='quote fields that contain commas, e.g. "a, b"')
+            rows.append(dict(r))
+    except csv.Error as e:
+        raise DataError(f"line {reader.line_num}: malformed CSV ({e})", file=path, field=field,
+                        fix="check the quoting on that line") from e
+    return rows
+
+
+_EXTRA = "\x00extra"
 
 
 def _read_parquet(path: str, field: str) -> list[dict]:

@@ -104,9 +104,8 @@ class JinjaTemplate:
 
     def __post_init__(self):
         from jinja2 import StrictUndefined, TemplateSyntaxError
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-        env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
+        env = _bounded_env()(undefined=StrictUndefined, keep_trailing_newline=True)
         try:
             self._tpl = env.from_string(self.source)
         except TemplateSyntaxError as e:
@@ -122,9 +121,9 @@ class JinjaTemplate:
         last = users[-1] if users else {"content": "", "input": ""}
         sys_msgs = [m["content"] for m in context if m["role"] == "system"]
         try:
-            prompt = self._tpl.render(
+            prompt = _render_bounded(self._tpl, self.name, dict(
                 system=sys_msgs[0] if sys_msgs else (system or ""), instruction=last["content"],
-                input=last.get("input", ""), messages=context, history=context[:-1] if users else [])
+                input=last.get("input", ""), messages=context, history=context[:-1] if users else []))
         except SecurityError as e:
             raise RecipeError(f"template tried an unsafe operation ({e})", field="data.template",
                               fix="templates may only read the variables system, instruction, input, messages, "
@@ -132,10 +131,76 @@ class JinjaTemplate:
         except UndefinedError as e:
             raise RecipeError(f"template uses an undefined variable ({e.message})", field="data.template",
                               fix="use system, instruction, input, messages or history") from e
+        except RecipeError:
+            raise
+        except Exception as e:  # a runtime error inside the user's template: 1/0, a bad filter argument, ...
+            raise RecipeError(f"template {self.name!r} failed while rendering ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:120] if str(e) else ''})", field="data.template",
+                              fix="fix the template") from e
         segs: list[Segment] = [(prompt, False)]
         if answer_idx < len(messages):
             segs.append((messages[answer_idx]["content"], True))
         return segs
+
+
+MAX_RENDER_SECONDS = 1.0
+MAX_RENDER_CHARS = 1_000_000
+
+
+def _bounded_env():
+    """The immutable Jinja sandbox, with string/list repetition and powers capped so a template cannot build
+    a gigabyte in one expression (range() is already capped by the sandbox)."""
+    import operator
+
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class Bounded(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset(["*", "**"])
+
+        def call_binop(self, context, operator_name, left, right):
+            if operator_name == "*":
+                for seq, n in ((left, right), (right, left)):
+                    if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_RENDER_CHARS:
+                        raise RecipeError(f"template builds a value over {MAX_RENDER_CHARS:,} characters",
+                                          field="data.template", fix="make the template smaller")
+                return operator.mul(left, right)
+            if isinstance(right, int) and abs(right) > 4096:
+                raise RecipeError("template computes a power that is too large", field="data.template")
+            return operator.pow(left, right)
+
+    return Bounded
+
+
+def _render_bounded(tpl, name: str, variables: dict) -> str:
+    """Render with a size cap (checked as output streams) and, in the main thread, a time cap."""
+    import signal
+    import threading
+    import time
+
+    def over_time(*_):
+        raise RecipeError(f"template {name!r} took longer than {MAX_RENDER_SECONDS:g} s for one example",
+                          field="data.template", fix="remove loops that run long")
+
+    use_alarm = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+    if use_alarm:
+        old = signal.signal(signal.SIGALRM, over_time)
+        signal.setitimer(signal.ITIMER_REAL, MAX_RENDER_SECONDS)
+    start = time.monotonic()
+    try:
+        out, size = [], 0
+        for chunk in tpl.generate(**variables):
+            out.append(chunk)
+            size += len(chunk)
+            if size > MAX_RENDER_CHARS:
+                raise RecipeError(f"template {name!r} rendered over {MAX_RENDER_CHARS:,} characters for one example",
+                                  field="data.template", fix="make the template smaller")
+            if not use_alarm and time.monotonic() - start > MAX_RENDER_SECONDS:
+                over_time()
+        return "".join(out)
+    finally:
+        if use_alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
 
 
 def get_template(spec: str) -> Template | JinjaTemplate:
@@ -147,8 +212,15 @@ def get_template(spec: str) -> Template | JinjaTemplate:
     if spec.endswith((".jinja", ".j2")):
         if not os.path.exists(spec):
             raise RecipeError("template file not found", file=spec, field="data.template")
-        with open(spec, encoding="utf-8") as fh:
-            return JinjaTemplate(fh.read(), name=os.path.basename(spec))
+        if os.path.isdir(spec):
+            raise RecipeError("template path is a directory", file=spec, field="data.template",
+                              fix="point data.template at a .jinja file")
+        try:
+            with open(spec, encoding="utf-8-sig") as fh:
+                return JinjaTemplate(fh.read(), name=os.path.basename(spec))
+        except UnicodeDecodeError as e:
+            raise RecipeError(f"template file is not UTF-8 text (byte offset {e.start})", file=spec,
+                              field="data.template", fix="save it as UTF-8") from e
     import difflib
 
     close = difflib.get_close_matches(spec, list(TEMPLATES), n=1)

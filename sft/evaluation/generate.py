@@ -20,6 +20,14 @@ def _pad(seqs: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, 
     return ids, mask
 
 
+def fit_prompt(ids: list[int], budget: int | None, arch: str, eos: int | None) -> list[int]:
+    """Keep the last `budget` tokens of a prompt (its end is what the answer follows); a seq2seq source keeps
+    its closing EOS."""
+    if budget is None or len(ids) <= budget:
+        return ids
+    return ids[len(ids) - budget:]
+
+
 def cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
     for s in stops:
         idx = text.find(s)

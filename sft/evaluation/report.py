@@ -50,9 +50,13 @@ def before_after_table(before: dict | None, after: dict) -> str:
 
 def render_eval_report(metrics: dict) -> str:
     parts = ["# Evaluation report\n",
-             f"- model: `{metrics['model']['name']}` ({metrics['model']['arch']}, "
-             f"{'LoRA adapter' if metrics['model']['adapter'] else 'full weights'}) at `{metrics['model']['path']}`",
-             f"- split: {metrics['split']}, {metrics['num_samples']} examples; recipe hash `{metrics['recipe_hash']}`",
+             (f"- predictions: `{metrics['model']['path']}`" if metrics["model"]["arch"] == "external" else
+              f"- model: `{metrics['model']['name']}` ({metrics['model']['arch']}, "
+              f"{'LoRA adapter' if metrics['model']['adapter'] else 'full weights'}) at `{metrics['model']['path']}`"),
+             f"- split: {metrics['split']}, {metrics['num_samples']} items"
+             + (f" ({metrics['num_examples']} references: items with the same prompt are scored against all of them)"
+                if metrics.get("num_examples", metrics["num_samples"]) != metrics["num_samples"] else "")
+             + (f"; recipe hash `{metrics['recipe_hash']}`" if metrics.get("recipe_hash") else ""),
              "- BLEU 0-100 (sacrebleu; zh tokenizer for Chinese references); ROUGE F1 and exact match 0-1; "
              "perplexity over answer tokens\n"]
     if "before" in metrics:
@@ -219,7 +223,8 @@ def write_html_report(path: str, metrics: dict, predictions: list[dict], *, trai
                                                      "metric bars"))
     score_keys = _ordered({k for p in predictions for k in (p.get("scores") or {})})
     worst_first = sorted(predictions, key=_sample_score)
-    rows = [[p["task"], p["prompt"], p["reference"], p.get("prediction", ""),
+    rows = [[p["task"], p["prompt"], "\n---\n".join(p.get("references") or [p.get("reference", "")]),
+             p.get("prediction", ""),
              *[float((p.get("scores") or {}).get(k, float("nan"))) for k in score_keys]] for p in worst_first]
     sections.append("<h2>Predictions (worst first; click a header to sort)</h2>" +
                     _table_html(["task", "prompt", "reference", "prediction", *score_keys], rows, "sortable",

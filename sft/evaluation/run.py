@@ -1,89 +1,166 @@
-"""`sft eval` and the before/after evaluation inside `sft train`.
+"""Evaluation: the before/after scoring inside `sft train`, `sft eval` and `sft score`.
 
 metrics.json schema (version "sft.metrics/v1"):
-    schema, model {name, arch, adapter, path}, recipe_hash, split, num_samples,
-    not_scored {reason: count}  (eval examples that could not be scored, e.g. prompt fills max_length),
-    metrics {perplexity, bleu, rouge1, rouge2, rougeL, rougeLsum, exact_match}  (only those asked for),
+    schema, model {name, arch, adapter, path}, recipe_hash, split,
+    num_samples (items scored: distinct prompts when references are grouped), num_examples (eval rows),
+    not_scored {reason: count}, truncated {reason: count},
+    metrics {perplexity, bleu, rouge1, rouge2, rougeL, rougeLsum, exact_match, ...}  (only those asked for),
     per_task {TASK: {num_samples, <same metrics>}},
     before {metrics, per_task, num_samples}  (when the base model was scored),
     train {train_loss, global_step, train_runtime_s, tokens_per_second, trainable_params, ...}  (after sft train)
-BLEU is 0-100 (sacrebleu); ROUGE F1 and exact match are 0-1 means; perplexity is over answer tokens.
+BLEU is 0-100 (sacrebleu); ROUGE F1 and exact match are 0-1 means; perplexity is over final-answer tokens.
 """
 
 from __future__ import annotations
 
 import os
-from collections import defaultdict
+import sys
+from collections import Counter, defaultdict
 
-from ..data.pipeline import encode, encode_prompts, final_answer, load_splits, prompt_text
+from .. import rundir
+from ..data.pipeline import encode, encode_prompts, final_answer, load_splits, prompt_text, record_id
 from ..data.templates import get_template
 from ..errors import EvalError
-from ..io import write_json_atomic, write_jsonl_atomic, write_text_atomic
+from ..io import read_json, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from ..recipe import Recipe, load_recipe
-from .generate import generate_batched
-from .metrics import score_texts
+from .generate import fit_prompt, generate_batched
+from .metrics import METRICS, score_texts
 from .perplexity import perplexity, token_nll
 
 SCHEMA = "sft.metrics/v1"
 
 
+def group_items(records: list[dict], template: str, system: str | None, group: bool) -> list[dict]:
+    """Eval items: records whose rendered prompt is identical become one item with all their references."""
+    items: dict[str, dict] = {}
+    out = []
+    for r in records:
+        prompt = prompt_text(r, template, system)
+        key = prompt if group else f"{len(out)}\x00{prompt}"
+        if key not in items:
+            items[key] = {"task": r["task"], "prompt": prompt, "records": [], "references": []}
+            out.append(items[key])
+        items[key]["records"].append(r)
+        items[key]["references"].append(final_answer(r))
+    return out
+
+
+def _prompt_messages(record: dict) -> list[dict]:
+    msgs = record["messages"]
+    last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+    return [{k: v for k, v in m.items() if k in ("role", "content", "input")} for m in msgs[:last]]
+
+
+def _fit_feature(feat: dict, keep_prompt: int, ctx: int | None, arch: str, eos: int, counts: Counter) -> dict:
+    """Left-truncate the prompt part of a perplexity feature exactly like the generation prompt; an answer
+    that alone exceeds the context is cut at its end (counted)."""
+    if arch == "seq2seq":
+        ids, labels = feat["input_ids"], feat["labels"]
+        if ctx and len(ids) > ctx:
+            ids = ids[-ctx:]
+        if ctx and len(labels) > ctx:
+            labels = labels[: ctx - 1] + [eos]
+            counts["answer cut to fit the model context"] += 1
+        return {**feat, "input_ids": ids, "labels": labels}
+    ids, labels = feat["input_ids"], feat["labels"]
+    start = next((i for i, x in enumerate(labels) if x != -100), len(labels))
+    prompt, answer, answer_labels = ids[:start], ids[start:], labels[start:]
+    if ctx and len(answer) > ctx - 1:
+        answer, answer_labels = answer[: ctx - 1], answer_labels[: ctx - 1]
+        counts["answer cut to fit the model context"] += 1
+    keep = min(len(prompt), keep_prompt, (ctx - len(answer)) if ctx else len(prompt))
+    prompt = prompt[len(prompt) - keep:]
+    return {**feat, "input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer_labels}
+
+
 def evaluate_model(model, tokenizer, arch: str, records: list[dict], recipe: Recipe, *, label: str = "",
                    progress: bool = True) -> dict:
     """Score `records` with the recipe's metrics. Returns {"metrics": {...}, "predictions": [...]}."""
+    from ..modeling import context_length
+
     if not records:
         raise EvalError("the eval split is empty", field="data.eval_ratio",
                         fix="set data.eval_ratio > 0 or add data.eval_sources")
     e, d = recipe.eval, recipe.data
+    items = group_items(records, d.template, d.system_prompt, e.group_references)
     if e.max_samples is not None:
-        records = records[: e.max_samples]
+        items = items[: e.max_samples]
+    records = [r for it in items for r in it["records"]]
     was_training = model.training
     model.eval()
-    enc = encode(records, tokenizer, d.template, arch=arch, max_length=d.max_length, overlong="trim",
-                 system=d.system_prompt)
-    if enc.report.total_dropped:
-        print(f"[sft] warning: {enc.report.total_dropped} eval example(s) not scored: "
-              f"{dict(enc.report.dropped)}", flush=True)
-    records = enc.records
-    refs = [final_answer(r) for r in records]
+    not_scored: Counter = Counter()
+    truncated: Counter = Counter()
+    ctx = context_length(model.config)
+    budget = None
+    if ctx is not None:
+        budget = ctx - e.generation.max_new_tokens if arch == "causal" else ctx
+        if budget < 1:
+            raise EvalError(f"max_new_tokens={e.generation.max_new_tokens} leaves no room for a prompt in the "
+                            f"model's {ctx}-token context", field="eval.generation.max_new_tokens",
+                            fix=f"use fewer than {ctx} new tokens")
+    prompts = encode_prompts([it["records"][0] for it in items], tokenizer, d.template, arch=arch,
+                             system=d.system_prompt)
+    fitted = []
+    for p in prompts:
+        q = fit_prompt(p, budget, arch, tokenizer.eos_token_id)
+        if len(q) < len(p):
+            truncated["prompt left-truncated to fit the model context"] += 1
+        fitted.append(q)
     metrics_wanted = list(e.metrics)
-    preds_rows = [{"task": r["task"], "prompt": prompt_text(r, d.template, d.system_prompt), "reference": ref}
-                  for r, ref in zip(records, refs)]
+    rows = [{"task": it["task"], "prompt": it["prompt"], "messages": _prompt_messages(it["records"][0]),
+             "references": it["references"]} for it in items]
     overall: dict = {}
     if "perplexity" in metrics_wanted:
-        nlls = token_nll(model, enc.features, arch=arch, pad_id=tokenizer.pad_token_id, batch_size=e.batch_size)
+        rep_counts: Counter = Counter()
+        item_of = {id(r): k for k, it in enumerate(items) for r in it["records"]}
+        enc = encode(records, tokenizer, d.template, arch=arch, max_length=10 ** 9, overlong="trim",
+                     system=d.system_prompt, final_only=True)
+        for reason, n in enc.report.dropped.items():
+            not_scored[reason] += n
+        feats = [_fit_feature(f, len(fitted[item_of[id(r)]]) - (1 if arch == "seq2seq" else 0), ctx, arch,
+                              tokenizer.eos_token_id, rep_counts) for f, r in zip(enc.features, enc.records)]
+        truncated.update(rep_counts)
+        nlls = token_nll(model, feats, arch=arch, pad_id=tokenizer.pad_token_id, batch_size=e.batch_size)
         overall["perplexity"] = perplexity(nlls)
-        for row, (nll, cnt) in zip(preds_rows, nlls):
-            row["nll"], row["answer_tokens"] = nll, cnt
-    text_metrics = [m for m in metrics_wanted if m != "perplexity"]
+        sums: dict[int, list[float]] = defaultdict(lambda: [0.0, 0])
+        for r, (nll, cnt) in zip(enc.records, nlls):
+            acc = sums[item_of[id(r)]]
+            acc[0] += nll
+            acc[1] += cnt
+        for k, row in enumerate(rows):
+            row["nll"], row["answer_tokens"] = sums[k][0], sums[k][1]
+    text_metrics = [m for m in metrics_wanted if m.startswith("evaluate:") or METRICS[m].kind == "text"]
     if text_metrics:
-        prompts = encode_prompts(records, tokenizer, d.template, arch=arch, system=d.system_prompt)
         stops = tuple(get_template(d.template).stop)
-        preds = generate_batched(model, tokenizer, prompts, arch=arch, gen=e.generation, batch_size=e.batch_size,
+        preds = generate_batched(model, tokenizer, fitted, arch=arch, gen=e.generation, batch_size=e.batch_size,
                                  stops=stops, progress=progress)
-        corpus, per_sample = score_texts(preds, refs, text_metrics)
+        corpus, per_sample = score_texts(preds, [it["references"] for it in items], text_metrics)
         overall.update(corpus)
-        for row, p, s in zip(preds_rows, preds, per_sample):
+        for row, p, s in zip(rows, preds, per_sample):
             row["prediction"] = p
             row["scores"] = s
+    for reason, n in {**not_scored, **truncated}.items():
+        print(f"[sft] note: {n} eval example(s): {reason}", file=sys.stderr, flush=True)
     per_task = {}
     by_task = defaultdict(list)
-    for i, r in enumerate(preds_rows):
+    for i, r in enumerate(rows):
         by_task[r["task"]].append(i)
     for task, idx in sorted(by_task.items()):
-        rows = [preds_rows[i] for i in idx]
+        trows = [rows[i] for i in idx]
         t: dict = {"num_samples": len(idx)}
         if "perplexity" in overall:
-            t["perplexity"] = perplexity([(r["nll"], r["answer_tokens"]) for r in rows])
+            t["perplexity"] = perplexity([(r["nll"], r["answer_tokens"]) for r in trows])
         if text_metrics:
-            corpus_t, _ = score_texts([r["prediction"] for r in rows], [r["reference"] for r in rows],
+            corpus_t, _ = score_texts([r["prediction"] for r in trows], [r["references"] for r in trows],
                                       [m for m in text_metrics if not m.startswith("evaluate:")])
             t.update(corpus_t)
         per_task[task] = t
     if was_training:
         model.train()
-    return {"label": label, "arch": arch, "metrics": {"num_samples": len(records), "not_scored": dict(enc.report.dropped),
-                                                   "metrics": overall, "per_task": per_task},
-            "predictions": preds_rows}
+    return {"label": label, "arch": arch,
+            "metrics": {"num_samples": len(items), "num_examples": len(records), "not_scored": dict(not_scored),
+                        "truncated": dict(truncated), "metrics": overall, "per_task": per_task},
+            "predictions": rows}
 
 
 def _model_info(recipe: Recipe, arch: str, path: str | None, adapter: bool) -> dict:
@@ -120,40 +197,62 @@ def write_eval_outputs(out: str, recipe: Recipe, result: dict, *, before: dict |
     return metrics
 
 
+def saved_split(target: str, recipe: Recipe, split: str) -> list[dict]:
+    """The exact eval/test examples a run held out (by id), from today's data; an error if they are gone."""
+    splits = load_splits(recipe.data, recipe_file=recipe.path)
+    path = os.path.join(target, rundir.FINGERPRINT)
+    if split == "train" or not os.path.exists(path):
+        return splits.split(split)
+    saved = read_json(path)
+    ids = saved.get("eval_ids" if split in ("eval", "validation") else "test_ids", [])
+    pool = {record_id(r): r for r in splits.train + splits.eval + splits.test}
+    missing = [i for i in ids if i not in pool]
+    if missing:
+        now = {"sources": [rundir.source_fingerprint(s) for s in recipe.data.sources],
+               "eval_sources": [rundir.source_fingerprint(s) for s in recipe.data.eval_sources]}
+        changes = rundir.data_changes({k: saved.get(k, []) for k in now}, now)
+        raise EvalError(f"the data changed since training: {len(missing)} of the run's {len(ids)} {split} examples "
+                        f"are no longer in the sources" + (f" ({'; '.join(changes)})" if changes else ""),
+                        file=target, field="data.sources",
+                        fix="restore the training data, or score a recipe (not the output folder) on the new data")
+    return [pool[i] for i in ids]
+
+
 def eval_command(target: str, overrides: list[str], *, split: str = "eval", max_samples: int | None = None,
-                 out: str | None = None) -> dict:
+                 out: str | None = None) -> tuple[str, dict]:
     """Score a recipe's base model (target = recipe file) or a training output directory."""
     from ..modeling import get_tokenizer, load_for_inference, load_model, resolve_arch
 
+    if max_samples is not None and max_samples < 1:
+        raise EvalError(f"--max-samples must be at least 1 (got {max_samples})", field="--max-samples")
+    if split not in ("eval", "validation", "test", "train"):
+        raise EvalError(f"unknown split {split!r}", field="--split", fix="use eval, test or train")
     if os.path.isdir(target):
         recipe_path = os.path.join(target, "recipe.yaml")
         if not os.path.exists(recipe_path):
             raise EvalError("not a training output directory (no recipe.yaml)", file=target,
                             fix="pass a recipe file or an sft train output_dir")
         recipe = load_recipe(recipe_path, overrides)
-        splits = load_splits(recipe.data, recipe_file=recipe.path)
+        records = saved_split(target, recipe, split)
         model, tokenizer, arch = load_for_inference(target)
         out = out or target
         model_path = target
     else:
         recipe = load_recipe(target, overrides)
         splits = load_splits(recipe.data, recipe_file=recipe.path)
+        records = splits.split(split)
         arch = resolve_arch(recipe.model)
         tokenizer = get_tokenizer(recipe, splits.train, arch)
         model = load_model(recipe, tokenizer, arch)
         out = out or os.path.join(recipe.train.output_dir, "eval-base")
         model_path = recipe.model.name
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise EvalError("--out is a file, not a folder", file=out, field="--out")
     if max_samples is not None:
         recipe.eval.max_samples = max_samples
-    records = splits.split(split)
     if not records:
         raise EvalError(f"the {split} split is empty", file=recipe.path,
                         field="data.test_ratio" if split == "test" else "data.eval_ratio",
                         fix="give that split a ratio > 0 or add data.eval_sources")
     result = evaluate_model(model, tokenizer, arch, records, recipe, label=split)
-    metrics = write_eval_outputs(out, recipe, result, split=split, model_path=model_path)
-    from .report import metrics_table
-
-    print(metrics_table(metrics))
-    print(f"[sft] wrote {out}/metrics.json, predictions.jsonl, eval_report.md, report.html")
-    return metrics
+    return out, write_eval_outputs(out, recipe, result, split=split, model_path=model_path)

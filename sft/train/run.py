@@ -13,10 +13,11 @@ import time
 
 import torch
 
-from ..data.pipeline import encode, load_splits
+from .. import rundir
+from ..data.pipeline import accounting_lines
 from ..errors import TrainError
 from ..io import read_json, write_json_atomic, write_text_atomic
-from ..modeling import apply_lora, count_parameters, get_tokenizer, load_model, resolve_arch
+from ..modeling import apply_lora, count_parameters, load_model, resolve_arch
 from ..recipe import Recipe, load_recipe
 from .callbacks import JsonlLogger
 
@@ -55,9 +56,14 @@ def _complete(checkpoint: str) -> bool:
 
 
 def check_output_dir(recipe: Recipe, *, resume: bool, overwrite: bool) -> str | None:
-    """Refuse to mix runs in one output_dir; return the checkpoint to resume from, if any."""
+    """Refuse to mix runs in one output_dir or to write where sft must not; return the checkpoint to resume
+    from, if any. Deletes nothing (clearing for --overwrite happens once the new run's data has loaded)."""
     out = recipe.train.output_dir
-    saved = os.path.join(out, "recipe.yaml")
+    rundir.check_usable(out, recipe.path, overwrite=overwrite)
+    if resume and overwrite:
+        raise TrainError("--resume and --overwrite contradict each other", field="--resume / --overwrite",
+                         fix="pass one of them")
+    saved = os.path.join(out, rundir.RECIPE)
     if os.path.exists(saved) and not overwrite:
         other = load_recipe(saved)
         if other.fingerprint() != recipe.fingerprint():
@@ -79,9 +85,22 @@ def check_output_dir(recipe: Recipe, *, resume: bool, overwrite: bool) -> str | 
         raise TrainError(f"output_dir has checkpoints of an unfinished or earlier run ({os.path.basename(cks[-1])})",
                          file=out, field="train.output_dir",
                          fix="pass --resume to continue it or --overwrite to start over")
-    if overwrite and rank() == 0 and os.path.isdir(out):
-        shutil.rmtree(out)
+    if not overwrite and os.path.exists(os.path.join(out, rundir.METRICS)):
+        raise TrainError("output_dir holds a finished run", file=out, field="train.output_dir",
+                         fix="choose another train.output_dir, or pass --overwrite to replace that run")
     return None
+
+
+def check_resumable_data(out: str, fingerprint: dict) -> None:
+    """--resume continues only on the data, template and tokenizer the run started with."""
+    path = os.path.join(out, rundir.FINGERPRINT)
+    if not os.path.exists(path):
+        return
+    changes = rundir.data_changes(read_json(path), fingerprint)
+    if changes:
+        raise TrainError(f"cannot resume: the data changed since this run started ({'; '.join(changes)})",
+                         file=out, field="--resume",
+                         fix="restore the original data, or start a new run (another output_dir, or --overwrite)")
 
 
 def training_arguments(recipe: Recipe, *, on_gpu: bool) -> dict:
@@ -122,38 +141,60 @@ def peak_memory_mb() -> float:
 
 def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> dict:
     """Train per the recipe; returns the training summary (with "eval": metrics when evaluated)."""
-    from transformers import set_seed
-
     out = recipe.train.output_dir
     resume_from = check_output_dir(recipe, resume=resume, overwrite=overwrite)
+    lock = rundir.RunLock(out)
+    if rank() == 0:
+        rundir.create(out)
+        lock.acquire()
+    try:
+        return _train(recipe, resume_from, overwrite, out)
+    finally:
+        lock.release()
+
+
+def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -> dict:
+    from transformers import set_seed
+
+    from ..modeling import context_length, load_config
+    from ..prepare import prepare_data
+
     set_seed(recipe.train.seed)
     arch = resolve_arch(recipe.model)
     if arch == "seq2seq" and recipe.train.packing:
         raise TrainError("packing is for causal models; seq2seq examples cannot be packed", file=recipe.path,
                          field="train.packing", fix="set train.packing: false for T5-family models")
-    os.makedirs(out, exist_ok=True)
-    if rank() == 0:
-        write_text_atomic(os.path.join(out, "recipe.yaml"), recipe.to_yaml())
+    ctx = context_length(load_config(recipe.model))
+    if ctx is not None and recipe.data.max_length > ctx:
+        raise TrainError(f"data.max_length={recipe.data.max_length} is longer than the model's context ({ctx} "
+                         "tokens)", file=recipe.path, field="data.max_length",
+                         fix=f"set data.max_length <= {ctx}")
 
     say(f"loading data ({len(recipe.data.sources)} source(s))")
-    splits = load_splits(recipe.data, recipe_file=recipe.path)
-    for name, info in splits.per_source.items():
-        say(f"source {name}: format {info['format']} ({'detected' if info['detected'] else 'from recipe'}), "
-            f"{info['rows']} rows -> {info['examples']} examples")
-    tokenizer = get_tokenizer(recipe, splits.train, arch)
-    d = recipe.data
-    enc = encode(splits.train, tokenizer, d.template, arch=arch, max_length=d.max_length, overlong=d.clean.overlong,
-                 system=d.system_prompt, report=splits.report)
+    prep = prepare_data(recipe, arch)
+    splits, tokenizer, enc = prep.splits, prep.tokenizer, prep.train
+    for line in accounting_lines(prep.accounting):
+        say(line)
     if not enc.features:
         raise TrainError("no training example fits", file=recipe.path, field="data.max_length",
                          fix=f"raise data.max_length or set data.clean.overlong: trim ({splits.report.to_dict()})")
     drops = splits.report.to_dict()
-    say(f"train {len(enc.features)} examples, eval {len(splits.eval)}; dropped {drops['dropped'] or 'none'}")
-
+    say(f"train {len(enc.features)} examples, eval {len(splits.eval)}, test {len(splits.test)}; "
+        f"dropped {drops['dropped'] or 'none'}")
+    fingerprint = rundir.data_fingerprint(recipe, tokenizer, splits)
+    if resume_from:
+        check_resumable_data(out, fingerprint)
+    elif overwrite and rank() == 0:
+        removed = rundir.clear(out)
+        if removed:
+            say(f"--overwrite: removed the previous run's {len(removed)} file(s) and folder(s)")
     scratch_lora = recipe.model.init == "scratch" and recipe.lora.enabled
     base_dir = os.path.join(out, "base_model") if scratch_lora and rank() == 0 else None
     on_gpu = torch.cuda.is_available() and not recipe.train.use_cpu
     model = load_model(recipe, tokenizer, arch, base_save_dir=base_dir)
+    if rank() == 0:  # committed only now: a start that failed on data or model never blocks the rerun
+        write_text_atomic(os.path.join(out, rundir.RECIPE), recipe.to_yaml())
+        write_json_atomic(os.path.join(out, rundir.FINGERPRINT), fingerprint)
 
     from ..evaluation.run import evaluate_model, write_eval_outputs
 
@@ -198,7 +239,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> d
         "train_runtime_s": round(elapsed, 3), "train_examples": len(enc.features),
         "tokens_per_second": round(tokens_seen / max(elapsed, 1e-9), 1),
         "trainable_params": trainable, "total_params": total, "peak_memory_mb": round(peak_memory_mb(), 1),
-        "world_size": world_size(), "arch": arch, "data": {"per_source": splits.per_source, "drops": drops},
+        "world_size": world_size(), "arch": arch, "data": prep.summary(),
     }
     trainer.save_model(out)
     if trainer.is_world_process_zero():

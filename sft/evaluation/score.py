@@ -1,0 +1,103 @@
+"""`sft score`: the same scorers as `sft eval`, on predictions made anywhere (another system, an API)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+
+from ..errors import EvalError
+from ..io import write_json_atomic, write_text_atomic
+from .metrics import METRICS, check_metric_names, score_texts
+
+SCHEMA = "sft.metrics/v1"
+
+
+def _read_jsonl(path: str, flag: str) -> list[dict]:
+    if not os.path.isfile(path):
+        raise EvalError("file not found" if not os.path.exists(path) else "not a file", file=path, field=flag)
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise EvalError(f"not UTF-8 text (byte offset {e.start})", file=path, field=flag,
+                        fix="re-encode the file as UTF-8") from e
+    rows = []
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise EvalError(f"line {lineno}: invalid JSON ({e.msg})", file=path, field=flag) from e
+        if not isinstance(row, dict):
+            raise EvalError(f"line {lineno}: expected a JSON object", file=path, field=flag)
+        rows.append(row)
+    if not rows:
+        raise EvalError("no rows", file=path, field=flag)
+    return rows
+
+
+def _refs(value, lineno: int, path: str, field: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    raise EvalError(f"line {lineno}: '{field}' is {type(value).__name__ if value is not None else 'missing'}, "
+                    "expected a string or a non-empty list of strings", file=path, field="--ref-field")
+
+
+def load_pairs(predictions: str, *, references: str | None = None, pred_field: str = "prediction",
+               ref_field: str | None = None) -> tuple[list[str], list[list[str]], list[str]]:
+    """(predictions, references per item, task per item) from a predictions jsonl (and a references file)."""
+    rows = _read_jsonl(predictions, "PREDICTIONS")
+    ref_rows = _read_jsonl(references, "--references") if references else rows
+    if len(ref_rows) != len(rows):
+        raise EvalError(f"{len(rows)} predictions but {len(ref_rows)} references", file=references,
+                        field="--references", fix="give one reference row per prediction row, in the same order")
+    preds, refs, tasks = [], [], []
+    for i, (row, rrow) in enumerate(zip(rows, ref_rows), 1):
+        if not isinstance(row.get(pred_field), str):
+            raise EvalError(f"line {i}: no string field '{pred_field}' (fields: {sorted(row)})", file=predictions,
+                            field="--pred-field", fix="name the prediction field with --pred-field")
+        field = ref_field or ("references" if "references" in rrow else "reference")
+        refs.append(_refs(rrow.get(field), i, references or predictions, field))
+        preds.append(row[pred_field])
+        tasks.append(str(row.get("task") or rrow.get("task") or "all"))
+    return preds, refs, tasks
+
+
+def score_file(predictions: str, *, references: str | None = None, pred_field: str = "prediction",
+               ref_field: str | None = None, metrics: list[str] | None = None) -> dict:
+    """metrics.json content for a predictions file (text metrics only: there is no model to score)."""
+    names = metrics or ["bleu", "rouge", "exact_match"]
+    check_metric_names(names, field_name="--metrics")
+    model_metrics = [m for m in names if m in METRICS and METRICS[m].kind != "text"]
+    if model_metrics:
+        raise EvalError(f"{model_metrics[0]} needs the model, not only its predictions", field="--metrics",
+                        fix="use sft eval for perplexity")
+    preds, refs, tasks = load_pairs(predictions, references=references, pred_field=pred_field, ref_field=ref_field)
+    overall, _ = score_texts(preds, refs, names)
+    by_task = defaultdict(list)
+    for i, t in enumerate(tasks):
+        by_task[t].append(i)
+    per_task = {}
+    if len(by_task) > 1:
+        for t, idx in sorted(by_task.items()):
+            scores, _ = score_texts([preds[i] for i in idx], [refs[i] for i in idx],
+                                    [n for n in names if not n.startswith("evaluate:")])
+            per_task[t] = {"num_samples": len(idx), **scores}
+    return {"schema": SCHEMA, "model": {"name": os.path.basename(predictions), "arch": "external", "adapter": False,
+                                        "path": predictions},
+            "recipe_hash": None, "split": "scored", "num_samples": len(preds),
+            "num_examples": sum(len(r) for r in refs), "metrics": overall, "per_task": per_task}
+
+
+def write_score_outputs(out: str, metrics: dict) -> None:
+    from .report import render_eval_report
+
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise EvalError("--out is a file, not a folder", file=out, field="--out")
+    write_json_atomic(os.path.join(out, "metrics.json"), metrics)
+    write_text_atomic(os.path.join(out, "eval_report.md"), render_eval_report(metrics))

@@ -1,0 +1,258 @@
+"""The output folder of a run: its marker, lock, data fingerprint and the rule that sft deletes only what
+sft wrote.
+
+A folder becomes a run directory when sft creates it (or finds it empty) and writes `.sft-run`.
+`--overwrite` removes only sft's own files from a marked folder, and refuses a folder that holds
+anything else, the current directory or one above it, the recipe's own folder, $HOME and `/`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+import time
+
+from .errors import TrainError
+from .io import read_json, write_json_atomic
+
+MARKER = ".sft-run"
+LOCK = ".sft-lock"
+RECIPE = "recipe.yaml"
+FINGERPRINT = "data_fingerprint.json"
+TRAIN_LOG = "train_log.jsonl"
+TRAIN_SUMMARY = "train_summary.json"
+EVAL_BEFORE = "eval_before.json"
+METRICS = "metrics.json"
+PREDICTIONS = "predictions.jsonl"
+
+# Everything sft (or the Trainer, tokenizer and peft under it) writes into a run directory.
+OWN_FILES = {
+    MARKER, LOCK, RECIPE, FINGERPRINT, TRAIN_LOG, TRAIN_SUMMARY, EVAL_BEFORE, METRICS, PREDICTIONS, "eval_report.md",
+    "report.html", "training_curves.png", "trainer_state.json", "training_args.bin", "config.json",
+    "generation_config.json", "model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
+    "adapter_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+    "merges.txt", "spiece.model", "added_tokens.json", "chat_template.jinja", "README.md", "all_results.json",
+    "train_results.json", "runs", "base_model", "eval-base",
+}
+OWN_PATTERNS = (re.compile(r"checkpoint-\d+"), re.compile(r"model-\d+-of-\d+\.safetensors"),
+                re.compile(r"\..+\.tmp"), re.compile(r".+\.tmp\d+"))
+
+
+def is_own(name: str) -> bool:
+    return name in OWN_FILES or any(p.fullmatch(name) for p in OWN_PATTERNS)
+
+
+def _real(path: str) -> str:
+    return os.path.realpath(os.path.expanduser(path))
+
+
+def forbidden_reason(out: str, recipe_path: str | None) -> str | None:
+    """Why a folder must never be a run directory that sft fills or clears (None: it may)."""
+    real = _real(out)
+    cwd = _real(os.getcwd())
+    if real == os.path.sep:
+        return "it is the root folder"
+    if real == _real("~"):
+        return "it is your home folder"
+    if cwd == real or cwd.startswith(real.rstrip(os.sep) + os.sep):
+        return "it is the current folder or one above it"
+    if recipe_path and os.path.exists(recipe_path) and _real(os.path.dirname(os.path.abspath(recipe_path))) == real:
+        return "it is the folder of the recipe itself"
+    return None
+
+
+def foreign_files(out: str) -> list[str]:
+    return sorted(f for f in os.listdir(out) if not is_own(f))
+
+
+def check_usable(out: str, recipe_path: str | None, *, overwrite: bool) -> None:
+    """Refuse, with one line, any output_dir that sft would have to write into unsafely."""
+    field = "train.output_dir"
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise TrainError("output_dir is a file, not a folder", file=out, field=field,
+                         fix="choose a folder path for train.output_dir")
+    reason = forbidden_reason(out, recipe_path)
+    if reason:
+        raise TrainError(f"refusing to use this output_dir: {reason}", file=out, field=field,
+                         fix="set train.output_dir to a new folder, e.g. outputs/run")
+    if not os.path.isdir(out):
+        parent = os.path.dirname(os.path.abspath(out))
+        while parent and not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.access(parent, os.W_OK):
+            raise TrainError(f"cannot create output_dir ({parent} is not writable)", file=out, field=field,
+                             fix="choose a folder you can write to")
+        return
+    entries = os.listdir(out)
+    if not entries:
+        return
+    if not os.path.exists(os.path.join(out, MARKER)):
+        raise TrainError("output_dir already holds files that sft did not write "
+                         f"({', '.join(sorted(entries)[:3])}{', ...' if len(entries) > 3 else ''})", file=out,
+                         field=field, fix="choose a new or empty folder (sft never writes into or clears other folders)")
+    foreign = foreign_files(out)
+    if foreign and overwrite:
+        raise TrainError(f"--overwrite refused: output_dir holds files sft did not write ({', '.join(foreign[:3])})",
+                         file=out, field=field, fix="move those files away, or choose another train.output_dir")
+
+
+def create(out: str) -> None:
+    """Make the folder a marked run directory."""
+    try:
+        os.makedirs(out, exist_ok=True)
+        if not os.path.exists(os.path.join(out, MARKER)):
+            write_json_atomic(os.path.join(out, MARKER), {"created_by": "sft", "created": time.time()})
+    except OSError as e:
+        raise TrainError(f"cannot create output_dir ({e.strerror})", file=out, field="train.output_dir",
+                         fix="choose a folder you can write to") from e
+
+
+def clear(out: str, *, keep: tuple[str, ...] = (MARKER, LOCK)) -> list[str]:
+    """Remove sft's own files from a marked run directory (never anything else). Returns what was removed."""
+    if not os.path.exists(os.path.join(out, MARKER)):
+        raise TrainError("not an sft run directory (no .sft-run marker): nothing removed", file=out,
+                         field="train.output_dir")
+    removed = []
+    for name in sorted(os.listdir(out)):
+        if name in keep or not is_own(name):
+            continue
+        path = os.path.join(out, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+        removed.append(name)
+    return removed
+
+
+# ---- lock -------------------------------------------------------------------------------------------
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    """`.sft-lock` (pid, host): a second run on the same folder refuses, naming the holder; a lock whose
+    process is gone (same host) is taken over with a message."""
+
+    def __init__(self, out: str):
+        self.path = os.path.join(out, LOCK)
+        self.held = False
+
+    def acquire(self) -> None:
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    holder = read_json(self.path)
+                except (OSError, ValueError):
+                    holder = {}
+                pid, host = holder.get("pid"), holder.get("host")
+                if host == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
+                    print(f"[sft] taking over a stale lock of process {pid} (it is no longer running)",
+                          file=sys.stderr, flush=True)
+                    os.remove(self.path)
+                    continue
+                raise TrainError(f"another sft run is using this output_dir (pid {pid} on {host})",
+                                 file=os.path.dirname(self.path), field="train.output_dir",
+                                 fix="wait for it to finish, or choose another train.output_dir") from None
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+            self.held = True
+            return
+
+    def release(self) -> None:
+        if self.held and os.path.exists(self.path):
+            os.remove(self.path)
+        self.held = False
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+# ---- data fingerprint -------------------------------------------------------------------------------
+
+def file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:20]
+
+
+def source_fingerprint(src) -> dict:
+    """What a source's content is: each local file's hash; a builtin's parameters; a Hub id and revision."""
+    import glob as _glob
+
+    from .data.sources import LOCAL_EXTS, is_local_path
+
+    if src.path.startswith("builtin:"):
+        return {"path": src.path, "builtin": {"num_examples": src.num_examples, "tasks": list(src.tasks),
+                                              "split": src.split}}
+    expanded = os.path.expanduser(src.path)
+    if os.path.isdir(expanded):
+        files = sorted(f for f in _glob.glob(os.path.join(expanded, "*")) if os.path.splitext(f)[1].lower()
+                       in LOCAL_EXTS)
+    elif is_local_path(src.path):
+        files = sorted(_glob.glob(expanded)) if any(c in src.path for c in "*?[") else [expanded]
+    else:
+        return {"path": src.path, "hub": {"split": src.split, "subset": src.subset}}
+    return {"path": src.path, "files": {os.path.basename(f): file_digest(f) for f in files if os.path.isfile(f)}}
+
+
+def tokenizer_digest(tokenizer) -> str:
+    vocab = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode("utf-8", "surrogatepass")).hexdigest()[:20]
+
+
+def template_digest(spec: str) -> str:
+    text = spec
+    if spec.endswith((".jinja", ".j2")) and os.path.isfile(spec):
+        with open(spec, "rb") as fh:
+            text = spec + "\x00" + fh.read().decode("utf-8", "replace")
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:20]
+
+
+def data_fingerprint(recipe, tokenizer, splits) -> dict:
+    from .data.pipeline import record_id
+
+    d = recipe.data
+    return {"sources": [source_fingerprint(s) for s in d.sources],
+            "eval_sources": [source_fingerprint(s) for s in d.eval_sources],
+            "template": template_digest(d.template), "tokenizer": tokenizer_digest(tokenizer),
+            "eval_ids": [record_id(r) for r in splits.eval], "test_ids": [record_id(r) for r in splits.test]}
+
+
+def data_changes(saved: dict, now: dict) -> list[str]:
+    """Human-readable differences between two fingerprints (ignoring the split ids)."""
+    changes = []
+    for key in ("sources", "eval_sources"):
+        for old, new in zip(saved.get(key, []), now.get(key, [])):
+            if old != new:
+                files = [f for f in set(old.get("files", {})) | set(new.get("files", {}))
+                         if old.get("files", {}).get(f) != new.get("files", {}).get(f)]
+                changes.append(f"{new['path']}" + (f" ({', '.join(sorted(files))} changed)" if files else " changed"))
+        if len(saved.get(key, [])) != len(now.get(key, [])):
+            changes.append(f"the number of data.{key} changed")
+    if saved.get("template") != now.get("template"):
+        changes.append("the template changed")
+    if saved.get("tokenizer") != now.get("tokenizer"):
+        changes.append("the tokenizer changed")
+    return changes
