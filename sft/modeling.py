@@ -52,7 +52,11 @@ def load_config(cfg: ModelConfig):
         if not hasattr(config, key) and key not in getattr(config, "attribute_map", {}):
             raise ModelError(f"config has no field {key!r}", field=f"model.config_overrides.{key}",
                              fix=f"use a field of {type(config).__name__}, e.g. n_layer, n_embd, d_model, num_layers")
-        setattr(config, key, value)
+        try:
+            setattr(config, key, value)
+        except Exception as e:  # transformers 5 validates config fields on assignment
+            raise ModelError(f"invalid value {value!r} ({str(e).splitlines()[0][:120]})",
+                             field=f"model.config_overrides.{key}", fix="give a value of the field's type") from e
     check_config(config)
     return config
 

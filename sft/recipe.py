@@ -60,13 +60,13 @@ class SourceConfig:
     split: str = _f("train", help="Split to read (Hub datasets, build-data directories).")
     subset: str | None = _f(None, help="Hub dataset configuration name.")
     weight: float = _f(1.0, help="Sampling weight when mixing sources (1.0 = as is; 2.0 doubles, 0.5 halves).",
-                       min=0.0, exclusive_min=True)
+                       min=0.0, exclusive_min=True, max=1000.0)
     max_samples: int | None = _f(None, help="Cap on rows taken from this source (after weighting).", min=1)
     task: str | None = _f(None, help="Task label for every row of this source (default: a `task` column, else "
                           "the source's name).")
     task_column: str | None = _f(None, help="Column holding a per-row task label.")
     replace: dict = _f(help="Literal placeholder replacements, e.g. {'{{name}}': 'Sft'}.", factory=dict)
-    num_examples: int = _f(2000, help="builtin:synthetic only: examples to generate.", min=1)
+    num_examples: int = _f(2000, help="builtin:synthetic only: examples to generate.", min=1, max=10_000_000)
     tasks: list[str] = _f(help="builtin:synthetic only: task families to include (default: all).", factory=list)
 
 

@@ -87,7 +87,7 @@ TRICKY = st.text(alphabet=st.sampled_from(list("ab ,\"'\n\r\t\x0c\u2028\u2029\u0
                  max_size=30)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(TRICKY, TRICKY), min_size=1, max_size=8))
 def test_jsonl_csv_parquet_read_back_identical(tmp_path, rows):
     import pyarrow as pa
@@ -447,3 +447,18 @@ def test_bench_spec_and_reference_are_checked_before_any_run(tmp_path, capsys):
     ref.write_text("| run | BLEU |\n|---|---|\n| q-full | 1 |\n")
     assert "lacks column(s)" in one_line_error(capsys, "bench", str(b), "--check", str(ref))
     assert not (tmp_path / "o" / "runs").exists()
+
+
+def test_full_disk_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import sft.evaluation.score as score
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(score, "write_json_atomic", full)
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"prediction": "a", "reference": "a"}\n')
+    err = one_line_error(capsys, "score", str(p), "--out", str(tmp_path / "o"))
+    assert "No space left on device" in err and "free some disk space" in err

@@ -140,11 +140,13 @@ def hash_split(records: list[dict], sizes: list[int], seed: int) -> list[list[di
         groups.setdefault(prompt_key(r), []).append(r)
     order = sorted(groups, key=lambda k: (split_hash(k, seed), k))
     parts: list[list[dict]] = [[] for _ in sizes] + [[]]
-    part = 0
     for k in order:
-        while part < len(sizes) and len(parts[part]) >= sizes[part]:
-            part += 1
-        parts[part].extend(groups[k])
+        g = groups[k]
+        # the first held-out part this whole group fits in (a part still empty takes one group even if it
+        # is larger, so a small cap still gets an example); otherwise it trains
+        target = next((i for i, n in enumerate(sizes) if len(parts[i]) + len(g) <= n or (not parts[i] and n > 0)),
+                      len(sizes))
+        parts[target].extend(g)
     return parts
 
 
