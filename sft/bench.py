@@ -7,7 +7,7 @@ Bench file:
     recipes: {gpt2: recipes/quickstart.yaml, t5: recipes/quickstart-t5.yaml}
     methods: {full: [], lora: [lora.enabled=true], qlora: [lora.enabled=true, quantization.load_in_4bit=true]}
     overrides: [train.epochs=2]          # applied to every run
-    tolerance: {perplexity: 0.02, bleu: 0.5, rougeL: 0.005, exact_match: 0.005}
+    tolerance: {bleu: 0.5}     # per score key; others from the metrics registry
       # perplexity: relative; the others: absolute (BLEU points, ROUGE/EM fractions)
 """
 
@@ -20,12 +20,21 @@ import time
 
 
 from .errors import RecipeError
+from .evaluation.metrics import METRICS, display_name, key_info, table_keys
+from .evaluation.metrics import tolerance as registry_tolerance
 from .io import read_json, read_yaml, safe_name, write_bytes_atomic, write_json_atomic, write_text_atomic
 
-COLUMNS = ["run", "model", "method", "trainable params", "train time (s)", "tokens/s", "peak memory (MB)",
-           "perplexity", "BLEU", "ROUGE-L", "exact match"]
-METRIC_COLUMNS = {"perplexity": "perplexity", "BLEU": "bleu", "ROUGE-L": "rougeL", "exact match": "exact_match"}
-DEFAULT_TOLERANCE = {"perplexity": 0.02, "bleu": 0.5, "rougeL": 0.005, "exact_match": 0.005}
+RUN_COLUMNS = ["run", "model", "method", "trainable params", "train time (s)", "tokens/s", "peak memory (MB)"]
+
+
+def metric_keys(rows: list[dict]) -> list[str]:
+    """Score keys tabulated for these runs: each registered metric's table keys, in registry order."""
+    present = {k for r in rows for k in r["metrics"]}
+    return [k for m in METRICS.values() for k in m.summary_keys() if k in present]
+
+
+def columns(keys: list[str]) -> list[str]:
+    return RUN_COLUMNS + [display_name(k) for k in keys]
 
 
 def _str_list(value, path: str, field: str) -> list[str]:
@@ -64,13 +73,13 @@ def load_bench(path: str) -> dict:
     if not isinstance(tol, dict):
         raise RecipeError("tolerance must map metric names to numbers", file=path, field="tolerance",
                           fix="e.g. tolerance: {bleu: 0.5, perplexity: 0.02}")
+    known = [k for m in METRICS.values() for k in m.keys]
     for k, v in tol.items():
-        if k not in DEFAULT_TOLERANCE:
-            raise RecipeError(f"no table column for metric {k!r}", file=path, field=f"tolerance.{k}",
-                              fix=f"use {', '.join(DEFAULT_TOLERANCE)}")
+        if k not in known:
+            raise RecipeError(f"no metric key {k!r}", file=path, field=f"tolerance.{k}", fix=f"use {', '.join(known)}")
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or v == float("inf"):
             raise RecipeError(f"got {v!r}, expected a finite number >= 0", file=path, field=f"tolerance.{k}")
-    spec["tolerance"] = {**DEFAULT_TOLERANCE, **tol}
+    spec["tolerance"] = tol  # per key; the registry's tolerance for the others
     return spec
 
 
@@ -84,16 +93,19 @@ def validate_runs(spec: dict, path: str, bench_dir: str, reference_text: str | N
     this bench's shape, before the first run starts (not after the whole matrix)."""
     from .recipe import load_recipe
 
+    keys: set[str] = set()
     for model_name, recipe_path in spec["recipes"].items():
         for method, overrides in spec["methods"].items():
             r = load_recipe(_recipe_path(recipe_path, bench_dir), list(spec["overrides"]) + list(overrides))
+            keys.update(table_keys(r.eval.metrics))
             if not r.eval.after:
                 raise RecipeError(f"run {model_name}-{method} has eval.after: false, so it has no metrics to tabulate",
                                   file=path, field=f"recipes.{model_name} / methods.{method}",
                                   fix="remove the eval.after=false override")
     if reference_text is not None:
         ref = parse_table(reference_text)
-        missing_cols = [c for c in COLUMNS if c not in next(iter(ref.values()))]
+        expected = columns([k for m in METRICS.values() for k in m.summary_keys() if k in keys])
+        missing_cols = [c for c in expected if c not in next(iter(ref.values()))]
         runs = {f"{m}-{meth}" for m in spec["recipes"] for meth in spec["methods"]}
         if missing_cols:
             raise RecipeError(f"the reference table lacks column(s) {missing_cols}", field="--check",
@@ -129,22 +141,29 @@ def run_matrix(spec: dict, out: str, *, bench_dir: str) -> list[dict]:
         rows.append({"run": name, "model": model_name, "method": method, "trainable_params": t["trainable_params"],
                      "total_params": t["total_params"], "train_time_s": t["train_runtime_s"],
                      "tokens_per_second": t["tokens_per_second"], "peak_memory_mb": t["peak_memory_mb"],
-                     "metrics": metrics["metrics"], "wall_s": round(time.time() - start, 1), "run_dir": run_dir})
+                     "metrics": metrics["metrics"], "best": t.get("best"), "wall_s": round(time.time() - start, 1),
+                     "run_dir": run_dir})
     return rows
 
 
-def _cells(r: dict) -> list[str]:
-    """One run's row as displayed (COLUMNS order); --check compares these rounded cells."""
+def _metric_cell(key: str, value) -> str:
+    if value is None:
+        return "nan"
+    return f"{value:.2f}" if key_info(key)[0] is not None and key_info(key)[0].unit == "0-100" else f"{value:.4f}"
+
+
+def _cells(r: dict, keys: list[str]) -> list[str]:
+    """One run's row as displayed (columns(keys) order); --check compares these rounded cells."""
     m = r["metrics"]
     return [r["run"], r["model"], r["method"], _fmt_params(r["trainable_params"]), f"{r['train_time_s']:.1f}",
-            f"{r['tokens_per_second']:.0f}", f"{r['peak_memory_mb']:.0f}", f"{m.get('perplexity', float('nan')):.4f}",
-            f"{m.get('bleu', float('nan')):.2f}", f"{m.get('rougeL', float('nan')):.4f}",
-            f"{m.get('exact_match', float('nan')):.4f}"]
+            f"{r['tokens_per_second']:.0f}", f"{r['peak_memory_mb']:.0f}", *[_metric_cell(k, m.get(k)) for k in keys]]
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+    keys = metric_keys(rows)
+    cols = columns(keys)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_cells(r, keys)) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -171,17 +190,23 @@ def check(rows: list[dict], reference_text: str, tolerance: dict) -> list[str]:
     """Differences between this bench's metric cells and a reference table, beyond tolerance."""
     ref = parse_table(reference_text)
     problems = []
-    got = {r["run"]: dict(zip(COLUMNS, _cells(r))) for r in rows}
+    keys = metric_keys(rows)
+    got = {r["run"]: dict(zip(columns(keys), _cells(r, keys))) for r in rows}
     for name, ref_row in ref.items():
         if name not in got:
             problems.append(f"{name}: in the reference but not run")
             continue
-        for col, key in METRIC_COLUMNS.items():
+        for key in keys:
+            col = display_name(key)
+            if col not in ref_row:
+                problems.append(f"{name}: column {col} is not in the reference")
+                continue
             a, b = float(got[name][col]), float(ref_row[col])
-            tol = tolerance[key]
-            ok = abs(a - b) <= tol * abs(b) if key == "perplexity" else abs(a - b) <= tol
+            tol, relative = registry_tolerance(key)
+            tol = tolerance.get(key, tol)
+            ok = abs(a - b) <= tol * abs(b) if relative else abs(a - b) <= tol
             if not ok:
-                unit = f"±{tol:.0%} relative" if key == "perplexity" else f"±{tol}"
+                unit = f"±{tol:.0%} relative" if relative else f"±{tol}"
                 problems.append(f"{name}: {col} {a} vs reference {b} (tolerance {unit})")
     for name in got:
         if name not in ref:
@@ -195,28 +220,38 @@ def write_outputs(out: str, spec: dict, rows: list[dict]) -> None:
     import torch
 
     from .evaluation.report import (_table_html, html_page, img_tag, loss_curve_figure, metric_bars_figure,
-                                    png_bytes, read_loss_curve)
+                                    png_bytes, read_training_log, training_curves_figure)
 
-    curves = {r["run"]: read_loss_curve(os.path.join(r["run_dir"], "train_log.jsonl")) for r in rows}
-    loss_png = png_bytes(loss_curve_figure(curves), dpi=110)
-    metrics_png = png_bytes(metric_bars_figure({r["run"]: r["metrics"] for r in rows},
-                                               ["perplexity", "bleu", "rougeL", "exact_match"],
+    keys = metric_keys(rows)
+    logs = {r["run"]: read_training_log(os.path.join(r["run_dir"], "train_log.jsonl")) for r in rows}
+    loss_png = png_bytes(loss_curve_figure({name: log["loss"] for name, log in logs.items()}), dpi=110)
+    metrics_png = png_bytes(metric_bars_figure({r["run"]: r["metrics"] for r in rows}, keys,
                                                f"{spec['name']}: metrics per run (eval split)"), dpi=110)
     write_bytes_atomic(os.path.join(out, "loss_curves.png"), loss_png)
     write_bytes_atomic(os.path.join(out, "metrics.png"), metrics_png)
+    eval_pngs = {}  # per run, where it evaluated while training
+    for r in rows:
+        if logs[r["run"]]["eval"]:
+            best = (r.get("best") or {}).get("step")
+            eval_pngs[r["run"]] = png_bytes(training_curves_figure(logs[r["run"]], best, f"{r['run']}: training "
+                                                                   "curves"), dpi=100)
+            write_bytes_atomic(os.path.join(out, f"curves-{r['run']}.png"), eval_pngs[r["run"]])
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}" + (
         f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
+    units = "; ".join(f"{display_name(k)} {key_info(k)[0].unit}" for k in keys if key_info(k)[0])
     md = [f"# Benchmark: {spec['name']}", "", spec.get("description", "").strip(), "",
-          f"Machine: {machine}. Metrics on each recipe's eval split; BLEU 0-100, ROUGE-L and exact match 0-1, "
-          "perplexity over answer tokens. Train time, tokens/s and peak memory (max RSS on CPU, "
-          "max allocated on GPU) vary by machine and are not checked.", "", table(rows), "",
-          "![training loss](loss_curves.png)", "", "![metrics](metrics.png)", ""]
+          f"Machine: {machine}. Metrics on each recipe's eval split ({units}; see the README's Metrics section). "
+          "Train time, tokens/s and peak memory (max RSS on CPU, max allocated on GPU) vary by machine and are "
+          "not checked.", "", table(rows), "", "![training loss](loss_curves.png)", "", "![metrics](metrics.png)", ""]
+    md += [f"![{name} training curves](curves-{name}.png)\n" for name in eval_pngs]
     write_text_atomic(os.path.join(out, "results.md"), "\n".join(md))
     write_json_atomic(os.path.join(out, "results.json"), {"name": spec["name"], "machine": machine, "runs": rows})
     page = html_page(f"sft bench: {spec['name']}", [
-        _table_html(COLUMNS, [_cells(r) for r in rows], "sortable", "bench"),
+        _table_html(columns(keys), [_cells(r, keys) for r in rows], "sortable", "bench"),
         "<h2>Training loss</h2>" + img_tag(loss_png, "loss curves"),
-        "<h2>Metrics</h2>" + img_tag(metrics_png, "metrics")])
+        "<h2>Metrics</h2>" + img_tag(metrics_png, "metrics"),
+        *[f"<h2>{name}: evaluation during training</h2>" + img_tag(png, f"{name} curves")
+          for name, png in eval_pngs.items()]])
     write_text_atomic(os.path.join(out, "report.html"), page)
 
 

@@ -33,13 +33,27 @@ DEFAULT_LORA_TARGETS = {"gpt2": ["c_attn"], "t5": ["q", "v"], "mt5": ["q", "v"],
                         "llama": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"]}
 
 
+_CONFIGS: dict = {}
+
+
 def load_config(cfg: ModelConfig):
     """The model config: local dir / Hub, else the built-in table (offline scratch), plus overrides."""
+    import copy
+
     from transformers import AutoConfig
 
-    try:
-        config = AutoConfig.from_pretrained(cfg.name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-    except Exception as e:
+    key = (cfg.name, cfg.revision, cfg.trust_remote_code)
+    if key not in _CONFIGS or os.path.isdir(cfg.name):
+        # one Hub lookup per process: offline, every lookup would wait out its retries again
+        try:
+            _CONFIGS[key] = AutoConfig.from_pretrained(cfg.name, revision=cfg.revision,
+                                                       trust_remote_code=cfg.trust_remote_code)
+        except Exception as e:
+            _CONFIGS[key] = e
+    found = _CONFIGS[key]
+    config = found if isinstance(found, Exception) else copy.deepcopy(found)
+    if isinstance(config, Exception):
+        e = config
         known = KNOWN_CONFIGS.get(cfg.name)
         if known is None:
             raise ModelError(f"cannot load the config of {cfg.name!r} ({type(e).__name__}: "

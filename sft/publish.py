@@ -22,8 +22,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "spiece.model", "added_tokens.json", "chat_template.jinja")
 EXTRA_FILES = ("recipe.yaml", "metrics.json", "train_summary.json", "eval_report.md")
 
-METRIC_NAMES = {"perplexity": "Perplexity", "bleu": "BLEU", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2",
-                "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum", "exact_match": "Exact match"}
 
 
 def _is_adapter(output_dir: str) -> bool:
@@ -61,7 +59,9 @@ def model_card(output_dir: str, repo_id: str | None, license: str = "apache-2.0"
     if datasets:
         front["datasets"] = datasets
     if metrics:
-        results = [{"type": k, "name": METRIC_NAMES.get(k, k), "value": round(float(v), 4)}
+        from .evaluation.metrics import display_name
+
+        results = [{"type": k, "name": display_name(k), "value": round(float(v), 4)}
                    for k, v in metrics["metrics"].items()]
         front["model-index"] = [{"name": name, "results": [{
             "task": {"type": pipeline_tag, "name": "Instruction following"},

@@ -123,6 +123,18 @@ class TrainConfig:
     save_total_limit: int = _f(2, help="Keep at most N checkpoints.", min=1)
     seed: int = _f(42, help="Training seed (model init, dropout, data order).", min=0, max=2**32 - 1)
     report_to: list[str] = _f(help="Loggers: tensorboard, wandb, none.", factory=lambda: ["tensorboard"])
+    eval_steps: int = _f(0, help="Evaluate answer-token eval loss and perplexity on the eval split every N optimiser "
+                         "steps while training (0: only before and after).", min=0)
+    evals_per_epoch: int = _f(0, help="Instead of eval_steps: evaluations per epoch.", min=0)
+    metric_for_best_model: str = _f(
+        "perplexity", help="What picks the best checkpoint and drives early stopping: perplexity (or loss), or a "
+        "score key of eval.during_training.metrics (e.g. rougeL, exact_match, bleu). Its direction comes from "
+        "the metrics registry.")
+    load_best_model_at_end: bool = _f(False, help="Save the best evaluated checkpoint as the output (checkpoints are "
+                                      "then written at every evaluation).")
+    early_stopping_patience: int = _f(0, help="Stop after N evaluations without improvement (0: off).", min=0)
+    early_stopping_threshold: float = _f(0.0, help="Smallest change of metric_for_best_model that counts as an "
+                                         "improvement.", min=0.0)
     use_cpu: bool = _f(False, help="Force CPU even when a GPU is present.")
     full_determinism: bool = _f(False, help="Deterministic kernels (slower); seeds are always set.")
 
@@ -164,6 +176,13 @@ class GenerationConfig:
 
 
 @dataclass
+class DuringTrainingConfig:
+    metrics: list[str] = _f(help="Generation metrics (bleu, rouge, exact_match, ...) computed at every evaluation "
+                            "during training, on a fixed subset of the eval split.", factory=list)
+    max_samples: int = _f(32, help="Eval items (the first N, the same every time) scored by those metrics.", min=1)
+
+
+@dataclass
 class EvalConfig:
     before: bool = _f(True, help="Score the base model before training.")
     after: bool = _f(True, help="Score the trained model after training.")
@@ -175,6 +194,8 @@ class EvalConfig:
     batch_size: int = _f(32, help="Evaluation batch size.", min=1)
     max_samples: int | None = _f(None, help="Cap on examples scored (default: the whole eval split).", min=1)
     generation: GenerationConfig = _f(help="Decoding settings for generation metrics.", factory=GenerationConfig)
+    during_training: DuringTrainingConfig = _f(help="Generation metrics at every evaluation during training.",
+                                               factory=DuringTrainingConfig)
 
 
 @dataclass
@@ -418,6 +439,7 @@ def _validate_combinations(r: Recipe) -> None:
             raise RecipeError(f"unknown metric {m!r}", file=file, field="eval.metrics",
                               fix=f"did you mean {close[0]!r}?" if close else
                               f"use {', '.join(METRICS)} or evaluate:NAME")
+    _validate_training_eval(r)
     if r.hub.push_to_hub and not r.hub.repo_id:
         raise RecipeError("push_to_hub is on but no repo_id is set", file=file, field="hub.repo_id",
                           fix="set hub.repo_id: OWNER/NAME, or hub.push_to_hub: false")
@@ -425,6 +447,50 @@ def _validate_combinations(r: Recipe) -> None:
     _check_name(r.train.optim, _optimizer_names(), file, "train.optim")
     for i, name in enumerate(r.train.report_to):
         _check_name(name, _report_to_names(), file, f"train.report_to.{i}")
+
+
+def best_metric_keys(r: Recipe) -> list[str]:
+    """Names train.metric_for_best_model may take for this recipe."""
+    from .evaluation.metrics import METRICS
+
+    keys = ["perplexity", "loss"]
+    for m in r.eval.during_training.metrics:
+        if m in METRICS:
+            keys += list(METRICS[m].keys)
+    return keys
+
+
+def _validate_training_eval(r: Recipe) -> None:
+    from .evaluation.metrics import METRICS
+
+    file, t = r.path, r.train
+    for i, m in enumerate(r.eval.during_training.metrics):
+        if m not in METRICS or METRICS[m].kind != "text":
+            close = difflib.get_close_matches(m, [k for k, v in METRICS.items() if v.kind == "text"], n=1)
+            raise RecipeError(f"{m!r} is not a generation metric", file=file, field=f"eval.during_training.metrics.{i}",
+                              fix=f"did you mean {close[0]!r}?" if close else
+                              f"use {', '.join(k for k, v in METRICS.items() if v.kind == 'text')}")
+    if t.eval_steps and t.evals_per_epoch:
+        raise RecipeError("eval_steps and evals_per_epoch are both set", file=file, field="train.evals_per_epoch",
+                          fix="choose one")
+    evaluating = bool(t.eval_steps or t.evals_per_epoch)
+    for name, on in (("load_best_model_at_end", t.load_best_model_at_end),
+                     ("early_stopping_patience", t.early_stopping_patience),
+                     ("eval.during_training.metrics", r.eval.during_training.metrics)):
+        if on and not evaluating:
+            raise RecipeError(f"{name} needs evaluations during training", file=file,
+                              field=name if "." in name else f"train.{name}",
+                              fix="set train.eval_steps (e.g. 50) or train.evals_per_epoch")
+    if evaluating and not (r.data.eval_ratio > 0 or r.data.eval_sources):
+        raise RecipeError("evaluation during training needs an eval split", file=file, field="data.eval_ratio",
+                          fix="set data.eval_ratio > 0 or add data.eval_sources")
+    keys = best_metric_keys(r)
+    if evaluating and t.metric_for_best_model not in keys:
+        close = difflib.get_close_matches(t.metric_for_best_model, keys, n=1)
+        raise RecipeError(f"{t.metric_for_best_model!r} is not measured during training", file=file,
+                          field="train.metric_for_best_model",
+                          fix=f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(keys)} (add "
+                          "generation metrics under eval.during_training.metrics)")
 
 
 def _check_name(value: str, valid: list[str], file: str, field_name: str) -> None:

@@ -33,4 +33,4 @@ def test_bench_table_plots_and_check(tmp_path):
     ref.write_text("\n".join(lines))
     res = run_cli("bench", str(tmp_path / "bench.yaml"), "--out", str(tmp_path / "third"), "--check", str(ref))
     assert res.returncode == 1
-    assert "gpt2-lora: perplexity" in res.stderr and "vs reference 1.0" in res.stderr and "±2% relative" in res.stderr
+    assert "gpt2-lora: Perplexity" in res.stderr and "vs reference 1.0" in res.stderr and "±2% relative" in res.stderr

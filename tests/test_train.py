@@ -47,7 +47,8 @@ def _run_train(recipe_path, *extra, env=None):
 
 
 def _resume_recipe(tmp_path, out):
-    r = tiny_recipe("gpt2", out, steps=60, train__save_steps=10, train__save_total_limit=10)
+    r = tiny_recipe("gpt2", out, steps=60, train__save_steps=10, train__save_total_limit=10, train__eval_steps=10,
+                    train__load_best_model_at_end=True)
     r["eval"] = {"before": False, "after": True, "metrics": ["perplexity", "exact_match", "rouge"],
                  "max_samples": 16, "generation": {"max_new_tokens": 8}}
     return write_recipe(tmp_path / f"{out.name}.yaml", r)
@@ -72,15 +73,21 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     for k, v in a["metrics"].items():  # CPU: resumed and uninterrupted runs agree (tolerance 1e-4 relative)
         assert b["metrics"][k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
     assert losses(out)[-1] == pytest.approx(losses(ref_out)[-1], rel=1e-4)
+    best_a, best_b = a["train"]["best"], b["train"]["best"]  # the best-so-far state survives the kill
+    assert best_a["step"] == best_b["step"] and best_b["value"] == pytest.approx(best_a["value"], rel=1e-4)
+    assert a["train"]["evaluations"] == b["train"]["evaluations"] == 6
     leftovers = [f for f in os.listdir(out) if f.endswith(".tmp")]
     assert not leftovers
 
 
 def test_two_processes_match_one_process(tmp_path):
     def recipe(out, batch):
-        r = tiny_recipe("gpt2", out, steps=12, train__batch_size=batch, train__report_to=["tensorboard"])
+        r = tiny_recipe("gpt2", out, steps=12, train__batch_size=batch, train__report_to=["tensorboard"],
+                        train__eval_steps=6)
         r["model"]["config_overrides"].update(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
         r["train"]["logging_steps"] = 1
+        r["eval"].update(before=True, after=True, metrics=["perplexity", "rouge", "exact_match"],
+                         during_training={"metrics": ["rouge"], "max_samples": 8})
         return write_recipe(tmp_path / f"{out.name}.yaml", r)
 
     one = run_cli("train", recipe(tmp_path / "one", 8))
@@ -98,6 +105,17 @@ def test_two_processes_match_one_process(tmp_path):
     assert len(l1) == len(l2) == 12
     for a, b in zip(l1, l2):  # same global batch of 8: per-step losses agree within 1e-3 relative
         assert b == pytest.approx(a, rel=1e-3)
+    # every rank evaluates its shard (before, during and after training); the numbers equal one process
+    m1, m2 = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("one", "two"))
+    for k, v in m1["before"]["metrics"].items():
+        assert m2["before"]["metrics"][k] == pytest.approx(v, rel=1e-5, abs=1e-9), k
+    assert m2["metrics"]["perplexity"] == pytest.approx(m1["metrics"]["perplexity"], rel=1e-3)
+    assert m1["num_samples"] == m2["num_samples"]
+    e1, e2 = ([json.loads(x) for x in (tmp_path / n / "train_log.jsonl").read_text().splitlines() if "eval_loss" in x]
+              for n in ("one", "two"))
+    assert [e["step"] for e in e1] == [e["step"] for e in e2] == [6, 12]
+    for a, b in zip(e1, e2):
+        assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-3) and "eval_rougeL" in b
 
 
 def test_nonfinite_loss_stops_with_step(tmp_path, monkeypatch):

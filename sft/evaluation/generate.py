@@ -46,7 +46,7 @@ def generation_kwargs(gen) -> dict:
 
 @torch.no_grad()
 def generate_batched(model, tokenizer, prompts: list[list[int]], *, arch: str, gen, batch_size: int,
-                     stops: tuple[str, ...] = (), progress: bool = False) -> list[str]:
+                     stops: tuple[str, ...] = (), progress: bool = False, synced_gpus: bool = False) -> list[str]:
     """Generated answer text for each tokenised prompt, in input order."""
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
@@ -61,7 +61,7 @@ def generate_batched(model, tokenizer, prompts: list[list[int]], *, arch: str, g
         ids, mask = _pad([prompts[i] for i in idx], tokenizer.pad_token_id, left=arch == "causal")
         ids, mask = ids.to(device), mask.to(device)
         seqs = model.generate(input_ids=ids, attention_mask=mask, pad_token_id=tokenizer.pad_token_id,
-                              eos_token_id=tokenizer.eos_token_id, **kwargs)
+                              eos_token_id=tokenizer.eos_token_id, synced_gpus=synced_gpus, **kwargs)
         new = seqs[:, ids.shape[1]:] if arch == "causal" else seqs
         texts = tokenizer.batch_decode(new, skip_special_tokens=True)
         for i, t in zip(idx, texts):

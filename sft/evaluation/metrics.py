@@ -44,7 +44,11 @@ class Metric:
     display: dict = field(default_factory=dict)  # key -> display / model-card name
     tolerance: float = 0.005  # bench --check tolerance (absolute; relative when relative_tolerance)
     relative_tolerance: bool = False
+    table_keys: tuple[str, ...] | None = None  # keys shown in compact tables (bench); None: all keys
     doc: str = ""
+
+    def summary_keys(self) -> tuple[str, ...]:
+        return self.keys if self.table_keys is None else self.table_keys
 
 
 METRICS: dict[str, Metric] = {}
@@ -76,6 +80,18 @@ def key_info(key: str) -> tuple[Metric | None, str]:
         if key in m.keys:
             return m, m.display.get(key, key)
     return None, key
+
+
+def table_keys(metric_names: list[str]) -> list[str]:
+    """The score keys a compact table shows for these recipe metric names, in registry order."""
+    wanted = set(metric_names)
+    return [k for m in METRICS.values() if m.name in wanted for k in m.summary_keys()]
+
+
+def tolerance(key: str) -> tuple[float, bool]:
+    """(bench --check tolerance, whether it is relative) for a score key."""
+    m, _ = key_info(key)
+    return (m.tolerance, m.relative_tolerance) if m else (0.0, False)
 
 
 def higher_is_better(key: str) -> bool:
@@ -203,7 +219,7 @@ register(Metric("bleu", "text", ("bleu",), corpus=lambda p, r: {"bleu": corpus_b
                 tolerance=0.5, doc="sacrebleu corpus BLEU (13a; zh when references contain CJK)"))
 register(Metric("rouge", "text", ROUGE_TYPES, corpus=_mean_of(rouge_pair), per_sample=rouge_pair,
                 display={"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"},
-                doc="rouge-score F1, mean over items (best reference per item)"))
+                table_keys=("rougeL",), doc="rouge-score F1, mean over items (best reference per item)"))
 register(Metric("exact_match", "text", ("exact_match",), corpus=_mean_of(_em), per_sample=_em,
                 display={"exact_match": "Exact match"}, doc="strict match after strip(), any reference"))
 register(Metric("exact_match_normalized", "text", ("exact_match_normalized",), corpus=_mean_of(_emn),

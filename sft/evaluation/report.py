@@ -9,10 +9,13 @@ import io
 import json
 import os
 
-from ..io import write_text_atomic
+from ..io import write_bytes_atomic, write_text_atomic
+from .metrics import METRICS, display_name, higher_is_better, key_info
 
-METRIC_ORDER = ["perplexity", "bleu", "rouge1", "rouge2", "rougeL", "rougeLsum", "exact_match"]
-LOWER_IS_BETTER = {"perplexity"}
+
+def _metric_order() -> list[str]:
+    """Score keys in registry order (a metric registered later appears after the built-in ones)."""
+    return [k for m in METRICS.values() for k in m.keys]
 
 
 def _fmt(v) -> str:
@@ -24,14 +27,14 @@ def _fmt(v) -> str:
 
 
 def _ordered(keys) -> list[str]:
-    keys = list(keys)
-    return [k for k in METRIC_ORDER if k in keys] + sorted(k for k in keys if k not in METRIC_ORDER)
+    keys, order = list(keys), _metric_order()
+    return [k for k in order if k in keys] + sorted(k for k in keys if k not in order)
 
 
 def metrics_table(metrics: dict) -> str:
     m = metrics["metrics"]
     keys = _ordered(m)
-    lines = ["| task | n | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    lines = ["| task | n | " + " | ".join(display_name(k) for k in keys) + " |", "|---|---|" + "---|" * len(keys)]
     lines.append(f"| **all** | {metrics['num_samples']} | " + " | ".join(_fmt(m.get(k)) for k in keys) + " |")
     for task, t in metrics.get("per_task", {}).items():
         lines.append(f"| {task} | {t['num_samples']} | " + " | ".join(_fmt(t.get(k)) for k in keys) + " |")
@@ -44,7 +47,8 @@ def before_after_table(before: dict | None, after: dict) -> str:
     lines = ["| metric | before | after | change |", "|---|---|---|---|"]
     for k in _ordered(a):
         change = "-" if k not in b else f"{a[k] - b[k]:+.4f}"
-        lines.append(f"| {k} | {_fmt(b.get(k))} | {_fmt(a[k])} | {change} |")
+        arrow = "" if k not in b or a[k] == b[k] else (" ✓" if (a[k] > b[k]) == higher_is_better(k) else " ✗")
+        lines.append(f"| {display_name(k)} | {_fmt(b.get(k))} | {_fmt(a[k])} | {change}{arrow} |")
     return "\n".join(lines)
 
 
@@ -64,6 +68,12 @@ def render_eval_report(metrics: dict) -> str:
     parts += ["## Per task (after)\n" if "before" in metrics else "## Per task\n", metrics_table(metrics), ""]
     if "before" in metrics:
         parts += ["## Per task (before)\n", metrics_table(metrics["before"]), ""]
+    if "train" in metrics and metrics["train"].get("best"):
+        best = metrics["train"]["best"]
+        parts += [f"Evaluated every {metrics['train']['eval_steps']} steps ({metrics['train']['evaluations']} times); "
+                  f"best {best['metric']} {_fmt(best['value'])} at step {best['step']}"
+                  f"{' (this is the saved model)' if best.get('loaded_at_end') else ''}; "
+                  f"stopped: {metrics['train']['stopped']}.\n"]
     if "train" in metrics:
         t = metrics["train"]
         parts += ["## Training\n", "| train loss | steps | runtime (s) | tokens/s | trainable params | peak memory (MB) |",
@@ -91,17 +101,68 @@ def img_tag(png: bytes, alt: str) -> str:
     return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
 
 
-def read_loss_curve(path: str) -> list[tuple[int, float]]:
+def read_training_log(path: str | None) -> dict:
+    """{'loss': [(step, loss)], 'eval': [{step, eval_*...}]} from train_log.jsonl."""
+    out: dict = {"loss": [], "eval": []}
     if not path or not os.path.exists(path):
-        return []
-    pts = []
+        return out
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             if line.strip():
                 rec = json.loads(line)
                 if "loss" in rec:
-                    pts.append((rec["step"], rec["loss"]))
-    return pts
+                    out["loss"].append((rec["step"], rec["loss"]))
+                if "eval_loss" in rec:
+                    out["eval"].append(rec)
+    return out
+
+
+def training_curves_figure(log: dict, best_step: int | None = None, title: str = "Training curves"):
+    """Left: training and eval loss over steps. Right: what was measured at each evaluation (generation
+    metrics, else eval perplexity). The best evaluation is marked on both."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+    if log["loss"]:
+        ax.plot([p[0] for p in log["loss"]], [p[1] for p in log["loss"]], label="training loss", linewidth=1.2)
+    ev = log["eval"]
+    steps = [e["step"] for e in ev]
+    if ev:
+        ax.plot(steps, [e["eval_loss"] for e in ev], "o-", label="eval loss (answer tokens)", linewidth=1.5)
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("loss (nats per answer token)")
+    ax.set_title("Loss")
+    gen_keys = [k for k in _ordered({k[5:] for e in ev for k in e if k.startswith("eval_")} -
+                                    {"loss", "perplexity", "runtime"})
+                if key_info(k)[0] is None or k in key_info(k)[0].summary_keys()]
+    if gen_keys:
+        for k in gen_keys:
+            scale = 100.0 if k == "bleu" else 1.0
+            bx.plot(steps, [e.get(f"eval_{k}", float("nan")) / scale for e in ev], "o-",
+                    label=display_name(k) + (" / 100" if scale != 1 else ""))
+        bx.set_ylabel("score (0-1, higher is better)")
+        bx.set_title("Generation metrics during training")
+    elif ev:
+        bx.plot(steps, [e["eval_perplexity"] for e in ev], "o-", color="C1", label="eval perplexity")
+        bx.set_yscale("log")
+        bx.set_ylabel("perplexity (lower is better, log scale)")
+        bx.set_title("Eval perplexity during training")
+    else:
+        bx.text(0.5, 0.5, "no evaluation during training\n(set train.eval_steps)", ha="center", va="center",
+                transform=bx.transAxes)
+    bx.set_xlabel("optimiser step")
+    for a in (ax, bx):
+        if best_step is not None:
+            a.axvline(best_step, color="green", linestyle="--", linewidth=1, label=f"best (step {best_step})")
+        a.grid(alpha=0.3)
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
 
 
 def loss_curve_figure(curves: dict[str, list[tuple[int, float]]]):
@@ -136,11 +197,12 @@ def metric_bars_figure(rows: dict[str, dict], keys: list[str], title: str):
         ax.bar(np.arange(len(names)), vals, color=[f"C{i}" for i in range(len(names))])
         ax.set_xticks(np.arange(len(names)))
         ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
-        unit = {"bleu": "BLEU (0-100)", "perplexity": "perplexity (lower is better)"}.get(k, f"{k} (0-1)")
-        ax.set_ylabel(unit)
-        if k == "perplexity":
+        metric, name = key_info(k)
+        unit = metric.unit if metric else "0-1"
+        ax.set_ylabel(f"{name} ({unit}, {'higher' if higher_is_better(k) else 'lower'} is better)")
+        if metric is not None and not metric.higher_is_better:
             ax.set_yscale("log")
-        ax.set_title(k)
+        ax.set_title(name)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
@@ -208,11 +270,14 @@ def write_html_report(path: str, metrics: dict, predictions: list[dict], *, trai
     task_rows = [["all", metrics["num_samples"], *[m.get(k, float("nan")) for k in keys]]]
     task_rows += [[t, v["num_samples"], *[v.get(k, float("nan")) for k in keys]]
                   for t, v in metrics.get("per_task", {}).items()]
-    sections.append("<h2>Metrics per task</h2>" + _table_html(["task", "n", *keys], task_rows, "sortable", "per-task"))
-    curve = read_loss_curve(train_log)
-    if curve:
-        sections.append("<h2>Training loss</h2>" + img_tag(png_bytes(loss_curve_figure({"train": curve})),
-                                                             "training loss curve"))
+    sections.append("<h2>Metrics per task</h2>" + _table_html(["task", "n", *[display_name(k) for k in keys]],
+                                                              task_rows, "sortable", "per-task"))
+    log = read_training_log(train_log)
+    if log["loss"] or log["eval"]:
+        best = (metrics.get("train") or {}).get("best") or {}
+        png = png_bytes(training_curves_figure(log, best.get("step")), dpi=110)
+        write_bytes_atomic(os.path.join(os.path.dirname(os.path.abspath(path)), "training_curves.png"), png)
+        sections.append("<h2>Training curves</h2>" + img_tag(png, "training and eval loss over steps"))
     bar_keys = [k for k in ("bleu", "rougeL", "exact_match") if k in keys] or \
         [k for k in keys if k != "perplexity"][:3]
     if bar_keys:

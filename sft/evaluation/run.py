@@ -16,10 +16,12 @@ from __future__ import annotations
 import os
 import sys
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 
 from .. import rundir
 from ..data.pipeline import encode, encode_prompts, final_answer, load_splits, prompt_text, record_id
 from ..data.templates import get_template
+from ..distributed import gather, rank_world, shard
 from ..errors import EvalError
 from ..io import read_json, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from ..recipe import Recipe, load_recipe
@@ -73,24 +75,28 @@ def _fit_feature(feat: dict, keep_prompt: int, ctx: int | None, arch: str, eos: 
     return {**feat, "input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer_labels}
 
 
-def evaluate_model(model, tokenizer, arch: str, records: list[dict], recipe: Recipe, *, label: str = "",
-                   progress: bool = True) -> dict:
-    """Score `records` with the recipe's metrics. Returns {"metrics": {...}, "predictions": [...]}."""
+@dataclass
+class EvalSet:
+    """Eval items ready to score: generation prompts and perplexity features fitted to the model context."""
+
+    items: list[dict]  # task, prompt, records, references
+    prompts: list[list[int]]  # one generation prompt per item
+    features: list[dict]  # perplexity features, one per scored record
+    feature_item: list[int]  # the item of each feature
+    not_scored: Counter = field(default_factory=Counter)
+    truncated: Counter = field(default_factory=Counter)
+
+
+def build_eval_set(model_config, tokenizer, arch: str, records: list[dict], recipe: Recipe, *,
+                   max_items: int | None = None, features: bool = True) -> EvalSet:
+    """Group references, fit prompts and features to the context (left-truncating prompts, counted)."""
     from ..modeling import context_length
 
-    if not records:
-        raise EvalError("the eval split is empty", field="data.eval_ratio",
-                        fix="set data.eval_ratio > 0 or add data.eval_sources")
     e, d = recipe.eval, recipe.data
     items = group_items(records, d.template, d.system_prompt, e.group_references)
-    if e.max_samples is not None:
-        items = items[: e.max_samples]
-    records = [r for it in items for r in it["records"]]
-    was_training = model.training
-    model.eval()
-    not_scored: Counter = Counter()
-    truncated: Counter = Counter()
-    ctx = context_length(model.config)
+    if max_items is not None:
+        items = items[:max_items]
+    ctx = context_length(model_config)
     budget = None
     if ctx is not None:
         budget = ctx - e.generation.max_new_tokens if arch == "causal" else ctx
@@ -98,49 +104,84 @@ def evaluate_model(model, tokenizer, arch: str, records: list[dict], recipe: Rec
             raise EvalError(f"max_new_tokens={e.generation.max_new_tokens} leaves no room for a prompt in the "
                             f"model's {ctx}-token context", field="eval.generation.max_new_tokens",
                             fix=f"use fewer than {ctx} new tokens")
+    es = EvalSet(items, [], [], [])
     prompts = encode_prompts([it["records"][0] for it in items], tokenizer, d.template, arch=arch,
                              system=d.system_prompt)
-    fitted = []
     for p in prompts:
         q = fit_prompt(p, budget, arch, tokenizer.eos_token_id)
         if len(q) < len(p):
-            truncated["prompt left-truncated to fit the model context"] += 1
-        fitted.append(q)
+            es.truncated["prompt left-truncated to fit the model context"] += 1
+        es.prompts.append(q)
+    if features:
+        recs = [r for it in items for r in it["records"]]
+        item_of = {id(r): k for k, it in enumerate(items) for r in it["records"]}
+        enc = encode(recs, tokenizer, d.template, arch=arch, max_length=10 ** 9, overlong="trim",
+                     system=d.system_prompt, final_only=True)
+        es.not_scored.update(enc.report.dropped)
+        for f, r in zip(enc.features, enc.records):
+            k = item_of[id(r)]
+            es.features.append(_fit_feature(f, len(es.prompts[k]) - (1 if arch == "seq2seq" else 0), ctx, arch,
+                                            tokenizer.eos_token_id, es.truncated))
+            es.feature_item.append(k)
+    return es
+
+
+def sharded_nll(model, es: EvalSet, *, arch: str, pad_id: int, batch_size: int) -> list[tuple[float, int]]:
+    """(NLL, token count) per feature; every rank scores its shard and all get the whole list."""
+    idx = shard(len(es.features))
+    local = token_nll(model, [es.features[i] for i in idx], arch=arch, pad_id=pad_id, batch_size=batch_size)
+    return gather(idx, local, len(es.features))
+
+
+def sharded_generate(model, tokenizer, es: EvalSet, *, arch: str, gen, batch_size: int, stops: tuple,
+                     progress: bool = False) -> list[str]:
+    """Generated answers per item; every rank generates its shard (kept in step under several ranks)."""
+    idx = shard(len(es.prompts))
+    synced = rank_world()[1] > 1
+    local = generate_batched(model, tokenizer, [es.prompts[i] for i in idx], arch=arch, gen=gen,
+                             batch_size=batch_size, stops=stops, progress=progress and not synced,
+                             synced_gpus=synced)
+    return gather(idx, local, len(es.prompts))
+
+
+def evaluate_model(model, tokenizer, arch: str, records: list[dict], recipe: Recipe, *, label: str = "",
+                   progress: bool = True) -> dict:
+    """Score `records` with the recipe's metrics. Every rank of a distributed run must call it (each scores a
+    shard); every rank gets the result. Returns {"metrics": {...}, "predictions": [...]}."""
+    if not records:
+        raise EvalError("the eval split is empty", field="data.eval_ratio",
+                        fix="set data.eval_ratio > 0 or add data.eval_sources")
+    e, d = recipe.eval, recipe.data
     metrics_wanted = list(e.metrics)
+    was_training = model.training
+    model.eval()
+    es = build_eval_set(model.config, tokenizer, arch, records, recipe, max_items=e.max_samples,
+                        features="perplexity" in metrics_wanted)
+    items = es.items
     rows = [{"task": it["task"], "prompt": it["prompt"], "messages": _prompt_messages(it["records"][0]),
              "references": it["references"]} for it in items]
     overall: dict = {}
     if "perplexity" in metrics_wanted:
-        rep_counts: Counter = Counter()
-        item_of = {id(r): k for k, it in enumerate(items) for r in it["records"]}
-        enc = encode(records, tokenizer, d.template, arch=arch, max_length=10 ** 9, overlong="trim",
-                     system=d.system_prompt, final_only=True)
-        for reason, n in enc.report.dropped.items():
-            not_scored[reason] += n
-        feats = [_fit_feature(f, len(fitted[item_of[id(r)]]) - (1 if arch == "seq2seq" else 0), ctx, arch,
-                              tokenizer.eos_token_id, rep_counts) for f, r in zip(enc.features, enc.records)]
-        truncated.update(rep_counts)
-        nlls = token_nll(model, feats, arch=arch, pad_id=tokenizer.pad_token_id, batch_size=e.batch_size)
+        nlls = sharded_nll(model, es, arch=arch, pad_id=tokenizer.pad_token_id, batch_size=e.batch_size)
         overall["perplexity"] = perplexity(nlls)
         sums: dict[int, list[float]] = defaultdict(lambda: [0.0, 0])
-        for r, (nll, cnt) in zip(enc.records, nlls):
-            acc = sums[item_of[id(r)]]
-            acc[0] += nll
-            acc[1] += cnt
+        for k, (nll, cnt) in zip(es.feature_item, nlls):
+            sums[k][0] += nll
+            sums[k][1] += cnt
         for k, row in enumerate(rows):
             row["nll"], row["answer_tokens"] = sums[k][0], sums[k][1]
     text_metrics = [m for m in metrics_wanted if m.startswith("evaluate:") or METRICS[m].kind == "text"]
     if text_metrics:
-        stops = tuple(get_template(d.template).stop)
-        preds = generate_batched(model, tokenizer, fitted, arch=arch, gen=e.generation, batch_size=e.batch_size,
-                                 stops=stops, progress=progress)
+        preds = sharded_generate(model, tokenizer, es, arch=arch, gen=e.generation, batch_size=e.batch_size,
+                                 stops=tuple(get_template(d.template).stop), progress=progress)
         corpus, per_sample = score_texts(preds, [it["references"] for it in items], text_metrics)
         overall.update(corpus)
         for row, p, s in zip(rows, preds, per_sample):
             row["prediction"] = p
             row["scores"] = s
-    for reason, n in {**not_scored, **truncated}.items():
-        print(f"[sft] note: {n} eval example(s): {reason}", file=sys.stderr, flush=True)
+    if rank_world()[0] == 0:
+        for reason, n in {**es.not_scored, **es.truncated}.items():
+            print(f"[sft] note: {n} eval example(s): {reason}", file=sys.stderr, flush=True)
     per_task = {}
     by_task = defaultdict(list)
     for i, r in enumerate(rows):
@@ -158,8 +199,9 @@ def evaluate_model(model, tokenizer, arch: str, records: list[dict], recipe: Rec
     if was_training:
         model.train()
     return {"label": label, "arch": arch,
-            "metrics": {"num_samples": len(items), "num_examples": len(records), "not_scored": dict(not_scored),
-                        "truncated": dict(truncated), "metrics": overall, "per_task": per_task},
+            "metrics": {"num_samples": len(items), "num_examples": sum(len(it["records"]) for it in items),
+                        "not_scored": dict(es.not_scored), "truncated": dict(es.truncated), "metrics": overall,
+                        "per_task": per_task},
             "predictions": rows}
 
 

@@ -51,3 +51,61 @@ class NonFiniteLossGuard:
                              field="train.learning_rate",
                              fix="lower the learning rate or use float32/bfloat16, then run again with --resume")
         return loss
+
+
+class TrainingEvaluator:
+    """Answer-token eval loss and perplexity on the eval split (and, optionally, generation metrics on a fixed
+    subset), computed by every rank on its shard with the same code as the before/after evaluation."""
+
+    def __init__(self, recipe, tokenizer, arch: str, records: list[dict]):
+        self.recipe, self.tokenizer, self.arch, self.records = recipe, tokenizer, arch, records
+        self.loss_set = self.gen_set = None
+
+    def __call__(self, model) -> dict:
+        from ..evaluation.metrics import score_texts
+        from ..evaluation.run import build_eval_set, sharded_generate, sharded_nll
+        from ..data.templates import get_template
+
+        r, e = self.recipe, self.recipe.eval
+        if self.loss_set is None:
+            self.loss_set = build_eval_set(model.config, self.tokenizer, self.arch, self.records, r)
+        nlls = sharded_nll(model, self.loss_set, arch=self.arch, pad_id=self.tokenizer.pad_token_id,
+                           batch_size=e.batch_size)
+        total, count = sum(n for n, _ in nlls), sum(c for _, c in nlls)
+        loss = total / max(count, 1)
+        out = {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
+        wanted = e.during_training.metrics
+        if wanted:
+            if self.gen_set is None:
+                self.gen_set = build_eval_set(model.config, self.tokenizer, self.arch, self.records, r,
+                                              max_items=e.during_training.max_samples, features=False)
+            preds = sharded_generate(model, self.tokenizer, self.gen_set, arch=self.arch, gen=e.generation,
+                                     batch_size=e.batch_size, stops=tuple(get_template(r.data.template).stop))
+            scores, _ = score_texts(preds, [it["references"] for it in self.gen_set.items], wanted)
+            out.update(scores)
+        return out
+
+
+class EvaluatingTrainer:
+    """Mixin for a Trainer: `evaluate()` runs sft's TrainingEvaluator, so eval loss, perplexity and generation
+    metrics during training are the same numbers as sft eval's, and best-checkpoint selection and early
+    stopping (the Trainer's own) read them."""
+
+    sft_evaluator: TrainingEvaluator | None = None
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval", **kwargs):
+        if self.sft_evaluator is None:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **kwargs)
+        start = time.time()
+        model = self.model
+        was_training = model.training
+        model.eval()
+        try:
+            scores = self.sft_evaluator(model)
+        finally:
+            model.train(was_training)
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in scores.items()}
+        metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 3)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics

@@ -7,16 +7,23 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from ..recipe import Recipe
-from .callbacks import NonFiniteLossGuard
+from .callbacks import EvaluatingTrainer, NonFiniteLossGuard
 
 
-class GuardedSFTTrainer(NonFiniteLossGuard, SFTTrainer):
+class GuardedSFTTrainer(NonFiniteLossGuard, EvaluatingTrainer, SFTTrainer):
     pass
 
 
-def build_trainer(recipe: Recipe, model, tokenizer, train_features: list[dict], args_kwargs: dict, callbacks):
+def build_trainer(recipe: Recipe, model, tokenizer, train_features: list[dict], args_kwargs: dict, callbacks,
+                  eval_features: list[dict] | None = None):
     args = SFTConfig(max_length=recipe.data.max_length, packing=recipe.train.packing,
                      dataset_num_proc=None, **args_kwargs)
-    dataset = Dataset.from_list([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in train_features])
+    dataset = _dataset(train_features)
+    # sft's own evaluator scores during training; the Trainer only needs an eval set to schedule it
+    eval_dataset = _dataset(eval_features) if eval_features else None
     return GuardedSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                             callbacks=callbacks)
+                             callbacks=callbacks, eval_dataset=eval_dataset)
+
+
+def _dataset(features: list[dict]) -> Dataset:
+    return Dataset.from_list([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])

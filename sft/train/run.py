@@ -6,6 +6,7 @@ Under `accelerate launch` / `torchrun` every rank trains; only rank 0 evaluates 
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import shutil
@@ -19,7 +20,7 @@ from ..errors import TrainError
 from ..io import read_json, write_json_atomic, write_text_atomic
 from ..modeling import apply_lora, count_parameters, load_model, resolve_arch
 from ..recipe import Recipe, load_recipe
-from .callbacks import JsonlLogger
+from .callbacks import JsonlLogger, TrainingEvaluator
 
 def rank() -> int:
     return int(os.environ.get("RANK", "0"))
@@ -103,7 +104,33 @@ def check_resumable_data(out: str, fingerprint: dict) -> None:
                          fix="restore the original data, or start a new run (another output_dir, or --overwrite)")
 
 
-def training_arguments(recipe: Recipe, *, on_gpu: bool) -> dict:
+def resolve_eval_steps(recipe: Recipe, n_train: int) -> int:
+    """train.eval_steps, or the steps between train.evals_per_epoch evaluations (0: no evaluation)."""
+    t = recipe.train
+    if t.eval_steps:
+        return t.eval_steps
+    if not t.evals_per_epoch:
+        return 0
+    steps_per_epoch = max(1, math.ceil(n_train / (t.batch_size * t.grad_accum * world_size())))
+    return max(1, steps_per_epoch // t.evals_per_epoch)
+
+
+def _eval_arguments(recipe: Recipe, eval_steps: int) -> dict:
+    from ..evaluation.metrics import higher_is_better
+
+    t = recipe.train
+    if not eval_steps:
+        return {"eval_strategy": "no"}
+    metric = t.metric_for_best_model
+    kw = dict(eval_strategy="steps", eval_steps=eval_steps, metric_for_best_model=metric,
+              greater_is_better=False if metric == "loss" else higher_is_better(metric),
+              load_best_model_at_end=t.load_best_model_at_end)
+    if t.load_best_model_at_end:  # the Trainer can only return to a checkpoint written at an evaluation
+        kw["save_steps"] = eval_steps
+    return kw
+
+
+def training_arguments(recipe: Recipe, *, on_gpu: bool, eval_steps: int = 0) -> dict:
     t = recipe.train
     bf16 = on_gpu and torch.cuda.is_bf16_supported() and recipe.model.dtype in ("auto", "bfloat16") and \
         not recipe.quantization.enabled
@@ -117,10 +144,10 @@ def training_arguments(recipe: Recipe, *, on_gpu: bool) -> dict:
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
         seed=t.seed, data_seed=t.seed, full_determinism=t.full_determinism, report_to=report_to,
         use_cpu=t.use_cpu or not on_gpu, bf16=bf16, **_checkpointing_arg(t.gradient_checkpointing),
-        eval_strategy="no", remove_unused_columns=True, disable_tqdm=False,
+        remove_unused_columns=True, disable_tqdm=False,
         ddp_find_unused_parameters=False if world_size() > 1 else None,
         dataloader_num_workers=0, include_num_input_tokens_seen="non_padding",
-    )
+    ) | _eval_arguments(recipe, eval_steps)
 
 
 def _checkpointing_arg(on: bool) -> dict:
@@ -131,6 +158,29 @@ def _checkpointing_arg(on: bool) -> dict:
 
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
     return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": on}
+
+
+def training_outcome(recipe: Recipe, trainer, stopper, eval_steps: int) -> dict:
+    """Which evaluation was best and why training stopped (train_summary.json and metrics.json)."""
+    st = trainer.state
+    if stopper is not None and stopper.early_stopping_patience_counter >= stopper.early_stopping_patience:
+        reason = (f"early stopping: {recipe.train.metric_for_best_model} did not improve in "
+                  f"{stopper.early_stopping_patience} evaluations")
+    else:
+        reason = "max_steps reached" if recipe.train.max_steps > 0 else "epochs completed"
+    out = {"stopped": reason}
+    if eval_steps:
+        evals = [h for h in st.log_history if "eval_loss" in h]
+        out.update({"eval_steps": eval_steps, "evaluations": len(evals),
+                    "best": {"metric": recipe.train.metric_for_best_model, "value": st.best_metric,
+                             "step": getattr(st, "best_global_step", None) or _step_of(st.best_model_checkpoint),
+                             "checkpoint": os.path.basename(st.best_model_checkpoint or "") or None,
+                             "loaded_at_end": recipe.train.load_best_model_at_end}})
+    return out
+
+
+def _step_of(checkpoint: str | None) -> int | None:
+    return _step(checkpoint) if checkpoint else None
 
 
 def peak_memory_mb() -> float:
@@ -159,6 +209,9 @@ def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -
     from ..modeling import context_length, load_config
     from ..prepare import prepare_data
 
+    from ..distributed import init_process_group
+
+    init_process_group()  # so evaluation before training is sharded over the ranks too
     set_seed(recipe.train.seed)
     arch = resolve_arch(recipe.model)
     if arch == "seq2seq" and recipe.train.packing:
@@ -199,8 +252,8 @@ def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -
     from ..evaluation.run import evaluate_model, write_eval_outputs
 
     before = None
-    if recipe.eval.before and rank() == 0 and splits.eval and not resume_from:
-        say("evaluating the base model")
+    if recipe.eval.before and splits.eval and not resume_from:
+        say("evaluating the base model" + (f" (all {world_size()} ranks)" if world_size() > 1 else ""))
         eval_model = model
         if recipe.quantization.enabled and not on_gpu:
             # bitsandbytes repacks 4-bit CPU weights for inference the first time they run in eval mode,
@@ -208,7 +261,8 @@ def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -
             eval_model = load_model(recipe, tokenizer, arch)
         before = evaluate_model(eval_model, tokenizer, arch, splits.eval, recipe, label="before")
         del eval_model
-        write_json_atomic(os.path.join(out, "eval_before.json"), before["metrics"])
+        if rank() == 0:
+            write_json_atomic(os.path.join(out, "eval_before.json"), before["metrics"])
     elif resume_from and os.path.exists(os.path.join(out, "eval_before.json")):
         before = {"metrics": read_json(os.path.join(out, "eval_before.json")), "predictions": None}
 
@@ -222,8 +276,28 @@ def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -
     builder = seq2seq if arch == "seq2seq" else causal
     resume_step = _step(resume_from) if resume_from else None
     callbacks = [JsonlLogger(os.path.join(out, "train_log.jsonl"), resume_step)] if rank() == 0 else []
-    trainer = builder.build_trainer(recipe, model, tokenizer, enc.features, training_arguments(recipe, on_gpu=on_gpu),
-                                    callbacks)
+    eval_steps = resolve_eval_steps(recipe, len(enc.features))
+    stopper = None
+    if eval_steps and recipe.train.early_stopping_patience:
+        from transformers import EarlyStoppingCallback
+
+        stopper = EarlyStoppingCallback(recipe.train.early_stopping_patience, recipe.train.early_stopping_threshold)
+        callbacks.append(stopper)
+    if eval_steps:
+        say(f"evaluating every {eval_steps} steps on {len(splits.eval)} eval examples "
+            f"(best by {recipe.train.metric_for_best_model})")
+    eval_features = None
+    if eval_steps:
+        from ..data.pipeline import encode
+
+        d = recipe.data
+        eval_features = encode(splits.eval, tokenizer, d.template, arch=arch, max_length=d.max_length,
+                               overlong="trim", system=d.system_prompt, final_only=True).features
+    trainer = builder.build_trainer(recipe, model, tokenizer, enc.features,
+                                    training_arguments(recipe, on_gpu=on_gpu, eval_steps=eval_steps), callbacks,
+                                    eval_features=eval_features)
+    if eval_steps:
+        trainer.sft_evaluator = TrainingEvaluator(recipe, tokenizer, arch, splits.eval)
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     start = time.time()
@@ -240,25 +314,26 @@ def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -
         "tokens_per_second": round(tokens_seen / max(elapsed, 1e-9), 1),
         "trainable_params": trainable, "total_params": total, "peak_memory_mb": round(peak_memory_mb(), 1),
         "world_size": world_size(), "arch": arch, "data": prep.summary(),
+        **training_outcome(recipe, trainer, stopper, eval_steps),
     }
     trainer.save_model(out)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(out)
         trainer.save_state()
         write_json_atomic(os.path.join(out, "train_summary.json"), summary)
-    if rank() != 0:
-        return summary
-
     model = trainer.model
     if hasattr(model, "module"):
         model = model.module
     if recipe.eval.after and splits.eval:
-        say("evaluating the trained model")
+        say("evaluating the trained model" + (f" (all {world_size()} ranks)" if world_size() > 1 else ""))
         after = evaluate_model(model, tokenizer, arch, splits.eval, recipe, label="after")
-        summary["eval"] = write_eval_outputs(out, recipe, after, before=before, train_summary=summary)
-        from ..evaluation.report import before_after_table
+        if rank() == 0:
+            summary["eval"] = write_eval_outputs(out, recipe, after, before=before, train_summary=summary)
+            from ..evaluation.report import before_after_table
 
-        print(before_after_table(before["metrics"] if before else None, after["metrics"]), flush=True)
+            print(before_after_table(before["metrics"] if before else None, after["metrics"]), flush=True)
+    if rank() != 0:
+        return summary
     if recipe.hub.push_to_hub:
         from ..publish import push_command
 

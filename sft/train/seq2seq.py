@@ -7,16 +7,23 @@ from datasets import Dataset
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
 from ..recipe import Recipe
-from .callbacks import NonFiniteLossGuard
+from .callbacks import EvaluatingTrainer, NonFiniteLossGuard
 
 
-class GuardedSeq2SeqTrainer(NonFiniteLossGuard, Seq2SeqTrainer):
+class GuardedSeq2SeqTrainer(NonFiniteLossGuard, EvaluatingTrainer, Seq2SeqTrainer):
     pass
 
 
-def build_trainer(recipe: Recipe, model, tokenizer, train_features: list[dict], args_kwargs: dict, callbacks):
+def build_trainer(recipe: Recipe, model, tokenizer, train_features: list[dict], args_kwargs: dict, callbacks,
+                  eval_features: list[dict] | None = None):
     args = Seq2SeqTrainingArguments(**args_kwargs)
-    dataset = Dataset.from_list([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in train_features])
+    dataset = _dataset(train_features)
+    # sft's own evaluator scores during training; the Trainer only needs an eval set to schedule it
+    eval_dataset = _dataset(eval_features) if eval_features else None
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100, padding=True)
     return GuardedSeq2SeqTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                                 processing_class=tokenizer, callbacks=callbacks)
+                                 processing_class=tokenizer, callbacks=callbacks, eval_dataset=eval_dataset)
+
+
+def _dataset(features: list[dict]) -> Dataset:
+    return Dataset.from_list([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
