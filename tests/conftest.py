@@ -97,3 +97,26 @@ def trained_lora(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_t5_lora(tmp_path_factory):
     return _trained(tmp_path_factory, "t5lora", "t5", "lora")
+
+
+def char_f1(p: str, refs: list[str]) -> dict:
+    """A character-level F1 (best over references): a metric the registry does not ship, for registry tests."""
+    best = 0.0
+    for r in refs:
+        common = sum(min(p.count(c), r.count(c)) for c in set(p))
+        if common:
+            prec, rec = common / len(p), common / len(r)
+            best = max(best, 2 * prec * rec / (prec + rec))
+    return {"char_f1": best}
+
+
+@pytest.fixture
+def char_f1_metric():
+    """Registers `char_f1` for one test, then removes it."""
+    from sft.evaluation.metrics import METRICS, Metric, register
+
+    m = register(Metric("char_f1", "text", ("char_f1",), per_sample=char_f1, display={"char_f1": "Character F1"},
+                        corpus=lambda ps, rs: {"char_f1": sum(char_f1(p, r)["char_f1"] for p, r in zip(ps, rs))
+                                               / len(ps)}))
+    yield m
+    METRICS.pop(m.name)

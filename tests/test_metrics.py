@@ -9,8 +9,7 @@ import sacrebleu
 from rouge_score import rouge_scorer
 
 from conftest import shared
-from sft.evaluation.metrics import (METRICS, CJKTokenizer, Metric, corpus_bleu, exact_match, exact_match_normalized,
-                                    register, rouge_pair, score_texts)
+from sft.evaluation.metrics import CJKTokenizer, corpus_bleu, exact_match, exact_match_normalized, rouge_pair, score_texts
 
 TYPES = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
 
@@ -105,20 +104,6 @@ def test_rouge_reference_values():
     assert rouge_pair("testing one", "testing one two")["rougeL"] == pytest.approx(0.8)
 
 
-def test_a_registered_metric_is_scored_by_name():
-    def char_f1(p, refs):
-        best = 0.0
-        for r in refs:
-            common = sum(min(p.count(c), r.count(c)) for c in set(p))
-            if common:
-                prec, rec = common / len(p), common / len(r)
-                best = max(best, 2 * prec * rec / (prec + rec))
-        return {"char_f1": best}
-
-    m = register(Metric("char_f1", "text", ("char_f1",), corpus=lambda ps, rs: {
-        "char_f1": sum(char_f1(p, r)["char_f1"] for p, r in zip(ps, rs)) / len(ps)}, per_sample=char_f1))
-    try:
-        corpus, per = score_texts(["abc", "xy"], ["abd", "xy"], ["char_f1"])
-        assert corpus["char_f1"] == pytest.approx((2 / 3 + 1) / 2) and per[1]["char_f1"] == 1.0
-    finally:
-        METRICS.pop(m.name)
+def test_a_registered_metric_is_scored_by_name(char_f1_metric):
+    corpus, per = score_texts(["abc", "xy"], ["abd", "xy"], ["char_f1"])
+    assert corpus["char_f1"] == pytest.approx((2 / 3 + 1) / 2) and per[1]["char_f1"] == 1.0

@@ -60,39 +60,23 @@ def test_training_eval_needs_a_schedule_and_a_known_metric(tmp_path):
     assert r.train.metric_for_best_model == "rougeL"
 
 
-def test_a_metric_registered_once_reaches_every_output(tmp_path):
+def test_a_metric_registered_once_reaches_every_output(tmp_path, char_f1_metric):
     from sft.bench import table
-    from sft.evaluation.metrics import METRICS, Metric, register
     from sft.publish import model_card
 
-    def char_f1(p, refs):
-        best = 0.0
-        for r in refs:
-            common = sum(min(p.count(c), r.count(c)) for c in set(p))
-            if common:
-                prec, rec = common / len(p), common / len(r)
-                best = max(best, 2 * prec * rec / (prec + rec))
-        return {"char_f1": best}
-
-    register(Metric("char_f1", "text", ("char_f1",), per_sample=char_f1, display={"char_f1": "Character F1"},
-                    corpus=lambda ps, rs: {"char_f1": sum(char_f1(p, r)["char_f1"] for p, r in zip(ps, rs)) / len(ps)}))
-    try:
-        out = tmp_path / "out"
-        r = tiny_recipe("gpt2", out, steps=10, train__eval_steps=5, train__metric_for_best_model="char_f1")
-        r["eval"] = {"before": False, "after": True, "metrics": ["perplexity", "char_f1"], "max_samples": 6,
-                     "during_training": {"metrics": ["char_f1"], "max_samples": 4},
-                     "generation": {"max_new_tokens": 6}}
-        summary = train(recipe_from_dict(r, path="t.yaml"))
-        m = json.loads((out / "metrics.json").read_text())
-        assert "char_f1" in m["metrics"] and all("char_f1" in t for t in m["per_task"].values())
-        assert "eval_char_f1" in [x for x in _log(out) if "eval_loss" in x][0]
-        assert summary["best"]["metric"] == "char_f1"
-        assert "Character F1" in (out / "eval_report.md").read_text()
-        assert "Character F1" in (out / "report.html").read_text()
-        card = model_card(str(out), "me/tiny")
-        assert "name: Character F1" in card and "type: char_f1" in card
-        row = {"run": "gpt2-full", "model": "gpt2", "method": "full", "trainable_params": 1, "train_time_s": 1.0,
-               "tokens_per_second": 1.0, "peak_memory_mb": 1.0, "metrics": m["metrics"]}
-        assert "| Character F1 |" in table([row]).splitlines()[0] + " |"
-    finally:
-        METRICS.pop("char_f1")
+    out = tmp_path / "out"
+    r = tiny_recipe("gpt2", out, steps=10, train__eval_steps=5, train__metric_for_best_model="char_f1")
+    r["eval"] = {"before": False, "after": True, "metrics": ["perplexity", "char_f1"], "max_samples": 6,
+                 "during_training": {"metrics": ["char_f1"], "max_samples": 4}, "generation": {"max_new_tokens": 6}}
+    summary = train(recipe_from_dict(r, path="t.yaml"))
+    m = json.loads((out / "metrics.json").read_text())
+    assert "char_f1" in m["metrics"] and all("char_f1" in t for t in m["per_task"].values())
+    assert "eval_char_f1" in [x for x in _log(out) if "eval_loss" in x][0]
+    assert summary["best"]["metric"] == "char_f1"
+    assert "Character F1" in (out / "eval_report.md").read_text()
+    assert "Character F1" in (out / "report.html").read_text()
+    card = model_card(str(out), "me/tiny")
+    assert "name: Character F1" in card and "type: char_f1" in card
+    row = {"run": "gpt2-full", "model": "gpt2", "method": "full", "trainable_params": 1, "train_time_s": 1.0,
+           "tokens_per_second": 1.0, "peak_memory_mb": 1.0, "metrics": m["metrics"]}
+    assert table([row]).splitlines()[0].endswith("| Character F1 |")

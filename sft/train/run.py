@@ -1,7 +1,7 @@
 """`sft train`: recipe -> data -> model -> (eval before) -> trainer -> save -> (eval after) -> push.
 
 Thin orchestration: the trainers are TRL's / transformers', built in `causal.py` and `seq2seq.py`.
-Under `accelerate launch` / `torchrun` every rank trains; only rank 0 evaluates and writes outputs.
+Under `accelerate launch` / `torchrun` every rank trains and evaluates its shard; rank 0 writes the outputs.
 """
 
 from __future__ import annotations
