@@ -37,31 +37,35 @@ _CONFIGS: dict = {}
 
 
 def load_config(cfg: ModelConfig):
-    """The model config: local dir / Hub, else the built-in table (offline scratch), plus overrides."""
+    """The model config: local dir / Hub, else the built-in table (offline scratch), plus overrides.
+
+    A scratch model named in the built-in table uses the table's copy of the public config directly: the
+    architecture is all it needs, and offline a Hub lookup would only wait out its retries."""
     import copy
 
     from transformers import AutoConfig
 
-    key = (cfg.name, cfg.revision, cfg.trust_remote_code)
-    if key not in _CONFIGS or os.path.isdir(cfg.name):
-        # one Hub lookup per process: offline, every lookup would wait out its retries again
-        try:
-            _CONFIGS[key] = AutoConfig.from_pretrained(cfg.name, revision=cfg.revision,
-                                                       trust_remote_code=cfg.trust_remote_code)
-        except Exception as e:
-            _CONFIGS[key] = e
-    found = _CONFIGS[key]
-    config = found if isinstance(found, Exception) else copy.deepcopy(found)
-    if isinstance(config, Exception):
-        e = config
-        known = KNOWN_CONFIGS.get(cfg.name)
-        if known is None:
-            raise ModelError(f"cannot load the config of {cfg.name!r} ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0][:160]})", field="model.name",
+    builtin = KNOWN_CONFIGS.get(cfg.name) if not os.path.isdir(cfg.name) and cfg.revision is None else None
+    if cfg.init == "scratch" and builtin is not None:
+        config = AutoConfig.for_model(builtin[0], **builtin[1])
+    else:
+        key = (cfg.name, cfg.revision, cfg.trust_remote_code)
+        if key not in _CONFIGS or os.path.isdir(cfg.name):  # one Hub lookup per process
+            try:
+                _CONFIGS[key] = AutoConfig.from_pretrained(cfg.name, revision=cfg.revision,
+                                                           trust_remote_code=cfg.trust_remote_code)
+            except Exception as e:
+                _CONFIGS[key] = e
+        found = _CONFIGS[key]
+        if not isinstance(found, Exception):
+            config = copy.deepcopy(found)
+        elif builtin is not None:
+            config = AutoConfig.for_model(builtin[0], **builtin[1])
+        else:
+            raise ModelError(f"cannot load the config of {cfg.name!r} ({type(found).__name__}: "
+                             f"{str(found).splitlines()[0][:160]})", field="model.name",
                              fix="check the id or directory (offline, only local directories and the built-in "
-                                 f"architectures {', '.join(sorted(KNOWN_CONFIGS))} work)") from e
-        model_type, fields = known
-        config = AutoConfig.for_model(model_type, **fields)
+                                 f"architectures {', '.join(sorted(KNOWN_CONFIGS))} work)") from found
     for key, value in cfg.config_overrides.items():
         if not hasattr(config, key) and key not in getattr(config, "attribute_map", {}):
             raise ModelError(f"config has no field {key!r}", field=f"model.config_overrides.{key}",
