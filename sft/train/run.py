@@ -20,14 +20,9 @@ from ..errors import TrainError
 from ..io import read_json, write_json_atomic, write_text_atomic
 from ..modeling import apply_lora, count_parameters, load_model, resolve_arch
 from ..recipe import Recipe, load_recipe
+from ..distributed import env_rank as rank
+from ..distributed import env_world_size as world_size
 from .callbacks import JsonlLogger, TrainingEvaluator
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def say(msg: str) -> None:
