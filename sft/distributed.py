@@ -26,13 +26,16 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def init_process_group() -> None:
+def init_process_group(timeout_s: int = 1800) -> None:
     """Start the process group early (accelerate's PartialState picks nccl or gloo), so evaluation before
-    training can be sharded too. A no-op in a single process."""
+    training can be sharded too. A no-op in a single process. `timeout_s` is train.ddp_timeout: the group
+    made here is the one the Trainer reuses, so its timeout is set here."""
     if env_world_size() > 1:
+        from datetime import timedelta
+
         from accelerate import PartialState
 
-        PartialState()
+        PartialState(timeout=timedelta(seconds=timeout_s))
 
 
 def shard(n: int) -> list[int]:

@@ -142,15 +142,18 @@ def get_tokenizer(recipe: Recipe, train_records: list[dict] | None, arch: str):
                           trust_remote_code=m.trust_remote_code)
 
 
-def _torch_dtype(name: str, on_gpu: bool) -> torch.dtype:
-    if name == "auto":
-        if on_gpu and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return getattr(torch, name)
+def run_precision(recipe: Recipe, arch: str | None = None):
+    """The run's precision decision (sft/precision.py), for the model family of the recipe."""
+    from .precision import for_recipe
+
+    try:
+        model_type = getattr(load_config(recipe.model), "model_type", None)
+    except ModelError:
+        model_type = None
+    return for_recipe(recipe, model_type)
 
 
-def quantization_config(recipe: Recipe):
+def quantization_config(recipe: Recipe, precision=None):
     q = recipe.quantization
     if not q.enabled:
         return None
@@ -163,8 +166,7 @@ def quantization_config(recipe: Recipe):
                          ) from e
     from transformers import BitsAndBytesConfig
 
-    on_gpu = torch.cuda.is_available() and not recipe.train.use_cpu
-    compute = _torch_dtype(q.compute_dtype, on_gpu)
+    compute = (precision or run_precision(recipe)).compute_dtype  # follows train.mixed_precision
     if q.load_in_8bit:
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.quant_type,
@@ -177,17 +179,20 @@ def _auto_class(arch: str):
     return AutoModelForSeq2SeqLM if arch == "seq2seq" else AutoModelForCausalLM
 
 
-def load_model(recipe: Recipe, tokenizer, arch: str, *, base_save_dir: str | None = None):
+def load_model(recipe: Recipe, tokenizer, arch: str, *, base_save_dir: str | None = None, precision=None):
     """Base model per the recipe (scratch or pretrained), quantised if asked, embeddings fit to tokenizer.
 
+    Weights load in the dtype the run's precision decision gives (float32 master weights for full training).
     A scratch base is saved to `base_save_dir` (if given) so that an adapter trained on it can be reloaded.
     """
     m = recipe.model
     if m.trust_remote_code:
         warnings.warn(f"model.trust_remote_code is on: code from {m.name!r} will run on this machine", stacklevel=2)
     on_gpu = torch.cuda.is_available() and not recipe.train.use_cpu
-    dtype = _torch_dtype(m.dtype, on_gpu)
-    qconfig = quantization_config(recipe)
+    precision = precision or run_precision(recipe, arch)
+    dtype = precision.load_dtype
+    qconfig = quantization_config(recipe, precision)
+    attn = {"attn_implementation": m.attn_implementation} if m.attn_implementation else {}
     cls = _auto_class(arch)
     if m.init == "scratch":
         config = load_config(m)
@@ -198,7 +203,7 @@ def load_model(recipe: Recipe, tokenizer, arch: str, *, base_save_dir: str | Non
         if arch == "seq2seq":
             config.decoder_start_token_id = tokenizer.pad_token_id
         torch.manual_seed(recipe.train.seed)
-        model = cls.from_config(config)
+        model = _attention_checked(lambda: cls.from_config(config, **attn))
         if base_save_dir:
             model.save_pretrained(base_save_dir)
             tokenizer.save_pretrained(base_save_dir)
@@ -208,12 +213,12 @@ def load_model(recipe: Recipe, tokenizer, arch: str, *, base_save_dir: str | Non
                 if not base_save_dir:
                     model.save_pretrained(tmp)
                 model = cls.from_pretrained(src, quantization_config=qconfig, dtype=dtype, trust_remote_code=False,
-                                            device_map=_device_map(on_gpu))
+                                            device_map=_device_map(on_gpu), **attn)
         else:
             model = model.to(dtype)
     else:
         kwargs = dict(revision=m.revision, trust_remote_code=m.trust_remote_code, dtype=dtype,
-                      use_safetensors=None if m.allow_pickle else True)
+                      use_safetensors=None if m.allow_pickle else True, **attn)
         if qconfig is not None:
             kwargs.update(quantization_config=qconfig, device_map=_device_map(on_gpu))
         try:
@@ -233,6 +238,18 @@ def load_model(recipe: Recipe, tokenizer, arch: str, *, base_save_dir: str | Non
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model
+
+
+def _attention_checked(build):
+    """transformers refuses an attention kernel the model class lacks: say so in one line."""
+    try:
+        return build()
+    except (ValueError, ImportError) as e:
+        msg = str(e).splitlines()[0][:200]
+        if "attention" not in msg.lower() and "attn" not in msg.lower():
+            raise
+        raise ModelError(f"this model cannot use that attention kernel ({msg})", field="model.attn_implementation",
+                         fix="use sdpa or eager, or leave it unset") from e
 
 
 def _device_map(on_gpu: bool):

@@ -43,8 +43,9 @@ class ModelConfig:
         "from the training data (cached).")
     tokenizer_vocab_size: int = _f(2000, help="Vocabulary size of a tokenizer built with tokenizer: bpe.", min=260,
                                    max=1_000_000)
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
-        "auto", help="Weight dtype. auto: float32 on CPU, bfloat16 on GPUs that support it.")
+    attn_implementation: str | None = _f(
+        None, help="Attention kernel: sdpa, eager, flash_attention_2, flash_attention_3, flex_attention "
+        "(default: transformers' choice, sdpa where the model supports it). Checked against this machine.")
     trust_remote_code: bool = _f(False, help="Run model code from the Hub repo. Off unless you trust the repo.")
     allow_pickle: bool = _f(False, help="Allow loading pickle (.bin) checkpoints; safetensors only otherwise.")
     revision: str | None = _f(None, help="Hub revision (branch, tag or commit) of the base model.")
@@ -136,6 +137,19 @@ class TrainConfig:
     early_stopping_threshold: float = _f(0.0, help="Smallest change of metric_for_best_model that counts as an "
                                          "improvement.", min=0.0)
     use_cpu: bool = _f(False, help="Force CPU even when a GPU is present.")
+    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = _f(
+        "auto", help="The one precision switch: load dtype, autocast, loss scaler and 4-bit compute dtype follow it. "
+        "auto: bf16 on GPUs that support it, else fp16 (not for T5), float32 on CPU. See README 'Precision'.")
+    packing_strategy: Literal["bfd", "bfd_split", "wrapped"] = _f(
+        "bfd", help="With packing: bfd (best-fit decreasing, whole examples, padding-free), bfd_split (splits "
+        "overlong ones) or wrapped (concatenate and cut; examples can attend across boundaries).")
+    padding_free: bool = _f(False, help="Flatten each batch into one sequence with per-example positions instead of "
+                            "padding (causal models; always on with bfd packing).")
+    use_liger_kernel: bool = _f(False, help="Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear "
+                                "cross-entropy): needs a CUDA GPU, liger-kernel, and a model family Liger patches.")
+    torch_compile: bool = _f(False, help="torch.compile the model (first steps are slower while it compiles).")
+    ddp_timeout: int = _f(1800, help="Seconds a rank waits at a collective before failing (raise it for long data "
+                          "preparation on many nodes).", min=60, max=7 * 24 * 3600)
     full_determinism: bool = _f(False, help="Deterministic kernels (slower); seeds are always set.")
 
 
@@ -157,8 +171,6 @@ class QuantizationConfig:
     load_in_8bit: bool = _f(False, help="Load the base in 8 bits (bitsandbytes LLM.int8).")
     quant_type: Literal["nf4", "fp4"] = _f("nf4", help="4-bit data type.")
     double_quant: bool = _f(True, help="Quantise the quantisation constants too.")
-    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
-        "auto", help="Matmul dtype of 4-bit layers. auto: bfloat16 on GPU, float32 on CPU.")
 
     @property
     def enabled(self) -> bool:
@@ -271,6 +283,8 @@ def _coerce(value: Any, tp: Any, path: str, file: str) -> Any:
                 continue
         raise bad
     if origin is Literal:
+        if value is False and "no" in typing.get_args(tp):  # YAML 1.1 reads a bare `no` as false
+            return "no"
         if value not in typing.get_args(tp):
             close = difflib.get_close_matches(str(value), [str(a) for a in typing.get_args(tp)], n=1)
             raise RecipeError(f"got {value!r}, expected {_type_name(tp)}", file=file, field=path,
@@ -520,8 +534,24 @@ def _report_to_names() -> list[str]:
     return sorted(INTEGRATION_TO_CALLBACK) + ["none", "all"]
 
 
-def _migrate(data: dict) -> dict:
+_DTYPE_TO_PRECISION = {"float16": "fp16", "bfloat16": "bf16", "float32": "no"}
+
+
+def _migrate(data: dict, path: str = "<recipe>") -> dict:
     """Recipes saved by earlier sft versions keep loading with the meaning they had."""
+    # model.dtype and quantization.compute_dtype became train.mixed_precision (one decision, sft/precision.py).
+    old = [(data.get(sec), key) for sec, key in (("model", "dtype"), ("quantization", "compute_dtype"))]
+    for section, key in old:
+        if isinstance(section, dict) and key in section:
+            value = section[key]
+            if value != "auto" and value not in _DTYPE_TO_PRECISION:
+                raise RecipeError(f"got {value!r}; this field is now train.mixed_precision", file=path,
+                                  field=f"{'model' if key == 'dtype' else 'quantization'}.{key}",
+                                  fix="remove it and set train.mixed_precision: auto, bf16, fp16 or no")
+            section.pop(key)
+            train = data.setdefault("train", {}) if isinstance(data.get("train", {}), dict) else None
+            if train is not None and value in _DTYPE_TO_PRECISION and "mixed_precision" not in train:
+                train["mixed_precision"] = _DTYPE_TO_PRECISION[value]
     clean = (data.get("data") or {}).get("clean") if isinstance(data.get("data"), dict) else None
     if isinstance(clean, dict) and "nfkc" in clean and "normalize" not in clean:
         clean["normalize"] = "nfkc" if clean.pop("nfkc") else "none"
@@ -529,7 +559,7 @@ def _migrate(data: dict) -> dict:
 
 
 def recipe_from_dict(data: dict, *, path: str = "<recipe>", overrides: list[str] | tuple = ()) -> Recipe:
-    data = _migrate(json.loads(json.dumps(data)))  # deep copy, plain types
+    data = _migrate(json.loads(json.dumps(data)), path)  # deep copy, plain types
     for ov in overrides:
         if "=" not in ov:
             raise RecipeError(f"override {ov!r} is not key=value", file="command line", field=ov,

@@ -20,7 +20,7 @@ VALID = {
     "train": {"output_dir": "out", "max_steps": 2, "batch_size": 2, "learning_rate": 1e-3, "report_to": ["none"]},
     "eval": {"metrics": ["perplexity", "bleu"], "generation": {"max_new_tokens": 4}},
 }
-PATHS = [("model", "tokenizer"), ("model", "config_overrides", "n_head"), ("model", "dtype"), ("data", "template"),
+PATHS = [("model", "tokenizer"), ("model", "config_overrides", "n_head"), ("train", "mixed_precision"), ("data", "template"),
          ("data", "max_length"), ("data", "eval_ratio"), ("data", "max_eval_samples"), ("data", "sources", 0, "path"),
          ("data", "sources", 0, "format"), ("data", "sources", 0, "weight"), ("data", "sources", 1, "columns"),
          ("data", "sources", 0, "max_samples"), ("data", "clean"), ("data", "clean", "normalize"), ("train", "seed"),

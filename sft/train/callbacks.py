@@ -39,18 +39,41 @@ class JsonlLogger(TrainerCallback):
 
 class NonFiniteLossGuard:
     """Mixin for a Trainer: stop at the first NaN/inf loss, before the optimiser applies it, so the last
-    checkpoint on disk stays good."""
+    checkpoint on disk stays good.
+
+    Each micro-step only folds `isfinite(loss)` into a flag on the device (no host sync, so the GPU's queue keeps
+    running); the flag is read once per optimiser step, just before `optimizer.step()`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._bad = self._bad_loss = None
+        self.add_callback(_GuardCheck(self))
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        value = loss.detach().float()
-        if not bool(torch.isfinite(value).all()):
-            step = self.state.global_step + 1
-            raise TrainError(f"training loss became {float(value.mean()) if value.numel() else math.nan} at step "
-                             f"{step}; stopped without applying it (last checkpoint kept in {self.args.output_dir})",
-                             field="train.learning_rate",
-                             fix="lower the learning rate or use float32/bfloat16, then run again with --resume")
+        value = loss.detach().float().mean()
+        bad = ~torch.isfinite(value)
+        if self._bad is None or self._bad.device != value.device:
+            self._bad, self._bad_loss = torch.zeros_like(bad), torch.zeros_like(value)
+        self._bad_loss = torch.where(bad & ~self._bad, value, self._bad_loss)  # the first bad value
+        self._bad = self._bad | bad
         return loss
+
+    def check_finite(self) -> None:
+        if self._bad is not None and bool(self._bad):  # the one host sync, once per optimiser step
+            step = self.state.global_step + 1
+            raise TrainError(f"training loss became {float(self._bad_loss)} at step {step}; stopped without applying "
+                             f"it (last checkpoint kept in {self.args.output_dir})", field="train.learning_rate",
+                             fix="lower the learning rate or use mixed precision bf16 or no, then run again with "
+                                 "--resume")
+
+
+class _GuardCheck(TrainerCallback):
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer.check_finite()
 
 
 class TrainingEvaluator:

@@ -16,8 +16,9 @@ class GuardedSFTTrainer(NonFiniteLossGuard, EvaluatingTrainer, SFTTrainer):
 
 def build_trainer(recipe: Recipe, model, tokenizer, train_features: list[dict], args_kwargs: dict, callbacks,
                   eval_features: list[dict] | None = None):
-    args = SFTConfig(max_length=recipe.data.max_length, packing=recipe.train.packing,
-                     dataset_num_proc=None, **args_kwargs)
+    from .switches import sft_config_arguments
+
+    args = SFTConfig(dataset_num_proc=None, **sft_config_arguments(recipe), **args_kwargs)
     dataset = _dataset(train_features)
     # sft's own evaluator scores during training; the Trainer only needs an eval set to schedule it
     eval_dataset = _dataset(eval_features) if eval_features else None

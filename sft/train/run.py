@@ -125,10 +125,12 @@ def _eval_arguments(recipe: Recipe, eval_steps: int) -> dict:
     return kw
 
 
-def training_arguments(recipe: Recipe, *, on_gpu: bool, eval_steps: int = 0) -> dict:
+def training_arguments(recipe: Recipe, *, on_gpu: bool, eval_steps: int = 0, precision=None) -> dict:
+    from ..modeling import run_precision
+    from .switches import trainer_arguments
+
     t = recipe.train
-    bf16 = on_gpu and torch.cuda.is_bf16_supported() and recipe.model.dtype in ("auto", "bfloat16") and \
-        not recipe.quantization.enabled
+    precision = precision or run_precision(recipe)
     report_to = [r for r in t.report_to if r != "none"] or "none"
     return dict(
         output_dir=t.output_dir, num_train_epochs=t.epochs, max_steps=t.max_steps,
@@ -138,7 +140,8 @@ def training_arguments(recipe: Recipe, *, on_gpu: bool, eval_steps: int = 0) -> 
         logging_steps=t.logging_steps, logging_first_step=True, logging_nan_inf_filter=False,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
         seed=t.seed, data_seed=t.seed, full_determinism=t.full_determinism, report_to=report_to,
-        use_cpu=t.use_cpu or not on_gpu, bf16=bf16, **_checkpointing_arg(t.gradient_checkpointing),
+        use_cpu=t.use_cpu or not on_gpu, **trainer_arguments(recipe, precision),
+        **_checkpointing_arg(t.gradient_checkpointing),
         remove_unused_columns=True, disable_tqdm=False,
         ddp_find_unused_parameters=False if world_size() > 1 else None,
         dataloader_num_workers=0, include_num_input_tokens_seen="non_padding",
@@ -206,13 +209,21 @@ def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -
 
     from ..distributed import init_process_group
 
-    init_process_group()  # so evaluation before training is sharded over the ranks too
+    init_process_group(recipe.train.ddp_timeout)  # so evaluation before training is sharded over the ranks too
     set_seed(recipe.train.seed)
     arch = resolve_arch(recipe.model)
     if arch == "seq2seq" and recipe.train.packing:
         raise TrainError("packing is for causal models; seq2seq examples cannot be packed", file=recipe.path,
                          field="train.packing", fix="set train.packing: false for T5-family models")
-    ctx = context_length(load_config(recipe.model))
+    config = load_config(recipe.model)
+    on_gpu = torch.cuda.is_available() and not recipe.train.use_cpu
+    from ..precision import for_recipe
+    from .switches import check as check_switches
+
+    precision = for_recipe(recipe, config.model_type)
+    check_switches(recipe, arch=arch, model_type=config.model_type, on_gpu=on_gpu, precision=precision)
+    say(f"precision: {precision.mode} ({precision.reason})")
+    ctx = context_length(config)
     if ctx is not None and recipe.data.max_length > ctx:
         raise TrainError(f"data.max_length={recipe.data.max_length} is longer than the model's context ({ctx} "
                          "tokens)", file=recipe.path, field="data.max_length",
@@ -238,8 +249,7 @@ def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -
             say(f"--overwrite: removed the previous run's {len(removed)} file(s) and folder(s)")
     scratch_lora = recipe.model.init == "scratch" and recipe.lora.enabled
     base_dir = os.path.join(out, "base_model") if scratch_lora and rank() == 0 else None
-    on_gpu = torch.cuda.is_available() and not recipe.train.use_cpu
-    model = load_model(recipe, tokenizer, arch, base_save_dir=base_dir)
+    model = load_model(recipe, tokenizer, arch, base_save_dir=base_dir, precision=precision)
     if rank() == 0:  # committed only now: a start that failed on data or model never blocks the rerun
         write_text_atomic(os.path.join(out, rundir.RECIPE), recipe.to_yaml())
         write_json_atomic(os.path.join(out, rundir.FINGERPRINT), fingerprint)
@@ -253,7 +263,7 @@ def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -
         if recipe.quantization.enabled and not on_gpu:
             # bitsandbytes repacks 4-bit CPU weights for inference the first time they run in eval mode,
             # after which they cannot train: score the base on a separate (identical) copy.
-            eval_model = load_model(recipe, tokenizer, arch)
+            eval_model = load_model(recipe, tokenizer, arch, precision=precision)
         before = evaluate_model(eval_model, tokenizer, arch, splits.eval, recipe, label="before")
         del eval_model
         if rank() == 0:
@@ -289,7 +299,8 @@ def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -
         eval_features = encode(splits.eval, tokenizer, d.template, arch=arch, max_length=d.max_length,
                                overlong="trim", system=d.system_prompt, final_only=True).features
     trainer = builder.build_trainer(recipe, model, tokenizer, enc.features,
-                                    training_arguments(recipe, on_gpu=on_gpu, eval_steps=eval_steps), callbacks,
+                                    training_arguments(recipe, on_gpu=on_gpu, eval_steps=eval_steps,
+                                                       precision=precision), callbacks,
                                     eval_features=eval_features)
     if eval_steps:
         trainer.sft_evaluator = TrainingEvaluator(recipe, tokenizer, arch, splits.eval)

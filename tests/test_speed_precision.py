@@ -1,0 +1,241 @@
+"""Precision in one place, the speed switches and their refusals, chunked perplexity, the GPU kit's smoke."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, shared
+from sft.errors import RecipeError
+from sft.precision import decide
+from sft.recipe import recipe_from_dict
+
+F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
+
+
+# (requested, on_gpu, bf16_supported, model_type, frozen_base) -> (mode, load dtype, compute dtype)
+TABLE = [
+    ("auto", False, False, "gpt2", False, ("no", F32, F32)),
+    ("auto", False, False, "gpt2", True, ("no", F32, F32)),
+    ("auto", True, True, "gpt2", False, ("bf16", F32, BF16)),   # full: fp32 master weights, bf16 autocast
+    ("auto", True, True, "llama", True, ("bf16", BF16, BF16)),  # LoRA: frozen base in bf16
+    ("auto", True, False, "gpt2", False, ("fp16", F32, F16)),   # T4/V100: fp16 AMP with a scaler
+    ("auto", True, False, "gpt2", True, ("fp16", F16, F16)),
+    ("auto", True, False, "t5", False, ("no", F32, F32)),       # T5 overflows in fp16: fp32, not fp16
+    ("auto", True, True, "t5", False, ("bf16", F32, BF16)),
+    ("bf16", False, False, "gpt2", False, ("bf16", F32, BF16)),  # CPU autocast
+    ("fp16", True, True, "llama", False, ("fp16", F32, F16)),
+    ("no", True, True, "gpt2", True, ("no", F32, F32)),
+]
+
+
+@pytest.mark.parametrize("req,gpu,bf16_ok,mt,frozen,want", TABLE)
+def test_precision_decision_table(req, gpu, bf16_ok, mt, frozen, want):
+    p = decide(req, on_gpu=gpu, bf16_supported=bf16_ok, model_type=mt, frozen_base=frozen)
+    assert (p.mode, p.load_dtype, p.compute_dtype) == want
+    flags = p.trainer_flags()
+    assert flags == {"bf16": want[0] == "bf16", "fp16": want[0] == "fp16"}  # autocast and scaler follow the mode
+
+
+@pytest.mark.parametrize("req,gpu,bf16_ok,mt,msg", [
+    ("fp16", True, True, "t5", "t5 overflows in float16"),
+    ("fp16", True, False, "mt5", "mt5 overflows in float16"),
+    ("fp16", False, False, "gpt2", "fp16 mixed precision needs a CUDA GPU"),
+    ("bf16", True, False, "gpt2", "does not support bfloat16"),
+])
+def test_precision_refusals_name_the_field(req, gpu, bf16_ok, mt, msg):
+    with pytest.raises(RecipeError, match=msg) as e:
+        decide(req, on_gpu=gpu, bf16_supported=bf16_ok, model_type=mt, frozen_base=False, file="r.yaml")
+    assert "r.yaml: train.mixed_precision" in str(e.value)
+
+
+def test_qlora_compute_dtype_follows_the_decision():
+    pytest.importorskip("bitsandbytes")
+    from sft.modeling import quantization_config
+
+    r = recipe_from_dict({"data": {"sources": [{"path": "builtin:synthetic"}]}, "lora": {"enabled": True},
+                          "quantization": {"load_in_4bit": True}, "model": {"init": "scratch"}})
+    for req, gpu, bf16_ok, want in (("no", False, False, F32), ("bf16", True, True, BF16), ("fp16", True, True, F16)):
+        p = decide(req, on_gpu=gpu, bf16_supported=bf16_ok, model_type="gpt2", frozen_base=True)
+        assert quantization_config(r, p).bnb_4bit_compute_dtype == want
+
+
+@pytest.mark.parametrize("old,new", [("bfloat16", "bf16"), ("float16", "fp16"), ("float32", "no")])
+def test_old_dtype_fields_migrate_to_mixed_precision(old, new):
+    r = recipe_from_dict({"model": {"dtype": old}, "data": {"sources": [{"path": "builtin:synthetic"}]}})
+    assert r.train.mixed_precision == new
+    r = recipe_from_dict({"quantization": {"compute_dtype": old}, "data": {"sources": [{"path": "builtin:synthetic"}]}})
+    assert r.train.mixed_precision == new
+
+
+def test_yaml_no_means_no():
+    from sft.recipe import load_recipe
+
+    r = load_recipe(os.path.join(ROOT, "recipes", "quickstart.yaml"), ["train.mixed_precision=no"])
+    assert r.train.mixed_precision == "no"
+
+
+# ---- speed switches ---------------------------------------------------------------------------
+
+def _recipe(**sections):
+    base = {"model": {"name": "gpt2", "init": "scratch"}, "data": {"sources": [{"path": "builtin:synthetic"}]}}
+    for k, v in sections.items():
+        base.setdefault(k, {}).update(v)
+    return recipe_from_dict(base, path="r.yaml")
+
+
+@pytest.mark.parametrize("sections,arch,mt,msg", [
+    ({"train": {"use_liger_kernel": True}}, "causal", "llama", "train.use_liger_kernel: Liger kernels are Triton"),
+    ({"model": {"attn_implementation": "flash_attention_2"}}, "causal", "llama",
+     "model.attn_implementation: flash_attention_2 needs a CUDA GPU"),
+    ({"model": {"attn_implementation": "sdpa2"}}, "causal", "gpt2", "did you mean 'sdpa'"),
+    ({"train": {"packing_strategy": "wrapped"}}, "causal", "gpt2", "train.packing_strategy=wrapped has no effect"),
+    ({"train": {"padding_free": True}}, "seq2seq", "t5", "train.padding_free is for causal models"),
+    ({"train": {"padding_free": True, "packing": True, "packing_strategy": "wrapped"}}, "causal", "gpt2",
+     "attend across their boundaries"),
+])
+def test_switches_refused_with_reason_on_cpu(sections, arch, mt, msg):
+    from sft.precision import for_recipe
+    from sft.train.switches import check
+
+    r = _recipe(**sections)
+    with pytest.raises(RecipeError, match=msg) as e:
+        check(r, arch=arch, model_type=mt, on_gpu=False, precision=for_recipe(r, mt))
+    assert str(e.value).startswith("r.yaml: ")
+
+
+def test_liger_refused_for_a_family_it_has_no_kernels_for(monkeypatch):
+    from sft.train import switches
+
+    monkeypatch.setattr(switches, "_installed", lambda m: True)
+    monkeypatch.setattr(switches, "liger_model_types", lambda: {"llama", "qwen2"})
+    r = _recipe(train={"use_liger_kernel": True})
+    p = decide("bf16", on_gpu=True, bf16_supported=True, model_type="gpt2", frozen_base=False)
+    with pytest.raises(RecipeError, match="no kernels for model type 'gpt2'"):
+        switches.check(r, arch="causal", model_type="gpt2", on_gpu=True, precision=p)
+    switches.check(r, arch="causal", model_type="llama", on_gpu=True, precision=p)  # supported: no error
+
+
+def test_switches_reach_the_trainer_arguments():
+    from sft.precision import for_recipe
+    from sft.train.run import training_arguments
+    from sft.train.switches import sft_config_arguments
+
+    r = _recipe(train={"torch_compile": True, "ddp_timeout": 7200, "packing": True, "packing_strategy": "wrapped"})
+    kw = training_arguments(r, on_gpu=False, precision=for_recipe(r, "gpt2"))
+    assert kw["torch_compile"] and kw["ddp_timeout"] == 7200 and kw["dataloader_drop_last"]
+    assert (kw["bf16"], kw["fp16"]) == (False, False)
+    assert sft_config_arguments(r)["packing_strategy"] == "wrapped"
+    pf = sft_config_arguments(_recipe(train={"padding_free": True}))
+    assert pf["padding_free"] and pf["max_length"] is None  # features are already cut to data.max_length
+
+
+def _tiny(mt, attn):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kw = {"gpt2": dict(n_layer=2, n_embd=64, n_head=4, vocab_size=97, n_positions=64),
+          "llama": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, vocab_size=97, max_position_embeddings=64)}[mt]
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(AutoConfig.for_model(mt, bos_token_id=0, eos_token_id=1, **kw),
+                                            attn_implementation=attn)
+
+
+@pytest.mark.parametrize("mt", ["gpt2", "llama"])
+def test_sdpa_and_eager_give_the_same_logits(mt):
+    ids = torch.randint(2, 97, (3, 20), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, 15:] = 0
+    a = _tiny(mt, "sdpa").eval()(input_ids=ids, attention_mask=mask).logits
+    b = _tiny(mt, "eager").eval()(input_ids=ids, attention_mask=mask).logits
+    keep = mask.bool()
+    torch.testing.assert_close(a[keep], b[keep], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mt", ["gpt2", "llama"])
+def test_padding_free_loss_equals_padded_loss(mt):
+    """TRL's padding-free collator (what train.padding_free and bfd packing use) against padded batches."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    g = torch.Generator().manual_seed(2)
+    examples = []
+    for n in (11, 5, 17, 8):
+        ids = torch.randint(2, 97, (n,), generator=g).tolist()
+        labels = [-100] * (n // 2) + ids[n // 2:]
+        examples.append({"input_ids": ids, "labels": labels})
+    model = _tiny(mt, "sdpa").train()
+    for m in model.modules():  # no dropout: compare the arithmetic
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    padded = DataCollatorForLanguageModeling(pad_token_id=0)(examples)
+    flat = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(examples)
+    assert flat["input_ids"].shape[0] == 1 and "attention_mask" not in flat
+    loss_padded = model(**padded, use_cache=False).loss
+    loss_flat = model(**flat, use_cache=False).loss
+    torch.testing.assert_close(loss_flat, loss_padded, rtol=1e-5, atol=1e-6)
+
+
+# ---- chunked perplexity -----------------------------------------------------------------------
+
+def _reference_nll(model, features, pad_id):
+    """The previous implementation: one forward per batch, fp32 logits of the whole batch."""
+    import torch.nn.functional as F
+
+    from sft.evaluation.generate import _pad
+
+    ids, mask = _pad([f["input_ids"] for f in features], pad_id, left=False)
+    labels, _ = _pad([f["labels"] for f in features], -100, left=False)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    target = labels[:, 1:]
+    nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
+                          reduction="none").view(target.shape)
+    return [(float(nll[j].sum()), int((target[j] != -100).sum())) for j in range(len(features))]
+
+
+def test_chunked_perplexity_equals_the_whole_batch_computation(monkeypatch):
+    from sft.evaluation import perplexity as ppl
+
+    g = torch.Generator().manual_seed(3)
+    feats = []
+    for n in (30, 7, 19, 25, 12):
+        ids = torch.randint(2, 97, (n,), generator=g).tolist()
+        feats.append({"input_ids": ids, "labels": [-100] * 4 + ids[4:]})
+    model = _tiny("gpt2", "sdpa").eval()
+    want = _reference_nll(model, feats, pad_id=0)
+    monkeypatch.setattr(ppl, "CE_CHUNK", 4)  # several position chunks per row
+    for budget in (1, 30 * 97 * 4 * 2, 10**12):  # one row per forward, two rows, the whole batch
+        got = ppl.token_nll(model, feats, arch="causal", pad_id=0, batch_size=5, logits_budget=budget)
+        assert [c for _, c in got] == [c for _, c in want]
+        for (a, _), (b, _) in zip(got, want):
+            assert math.isclose(a, b, rel_tol=1e-5)
+    assert ppl._rows_per_forward(2048, 150_000, 2, ppl.LOGITS_BUDGET) == 1  # the Axolotl #3203 case
+
+
+# ---- the GPU kit ------------------------------------------------------------------------------
+
+def test_gpu_kit_smoke(tmp_path):
+    """`benchmarks/gpu/run.sh --smoke`: the kit's code path on CPU with tiny models, sft beside plain TRL."""
+    tok = shared("tokenizers", "gpt2")
+    alpaca = shared("data", "llamafactory", "alpaca_en_demo.json")
+    out = tmp_path / "out"
+    p = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu", "run.sh"), "--smoke", "--out", str(out),
+                        "--work", str(tmp_path / "work"), "--tokenizer", tok, "--alpaca", alpaca],
+                       capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHON": sys.executable})
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = {r["name"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    for name in ("gpt2-small-full-trl", "gpt2-small-full-sft", "gpt2-small-lora-sft", "gpt2-small-qlora-sft",
+                 "gpt2-small-qlora-trl", "gpt2-small-full-sft-pack_wrapped", "gpt2-small-full-sft-pack_bfd",
+                 "llama-small-full-sft"):
+        assert rows[name].get("tokens_per_s", 0) > 0, (name, rows[name].get("error"))
+        assert math.isfinite(rows[name]["loss"])
+    assert "need a CUDA GPU" in rows["gpt2-small-full-sft-liger"]["error"]
+    # sft and TRL train the same model on the same rows: the same number of parameters, similar losses
+    assert rows["gpt2-small-full-sft"]["params"] == rows["gpt2-small-full-trl"]["params"]
+    assert abs(rows["gpt2-small-full-sft"]["loss"] - rows["gpt2-small-full-trl"]["loss"]) < 0.1
+    md = (out / "results.md").read_text()
+    assert "| gpt2-small-full-sft |" in md and "## Goals" in md
