@@ -148,6 +148,8 @@ class TrainConfig:
     use_liger_kernel: bool = _f(False, help="Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear "
                                 "cross-entropy): needs a CUDA GPU, liger-kernel, and a model family Liger patches.")
     torch_compile: bool = _f(False, help="torch.compile the model (first steps are slower while it compiles).")
+    fsdp: bool = _f(False, help="Shard parameters, gradients and optimizer state over the ranks with FSDP2 (torch's "
+                    "fully_shard), one unit per transformer block; launch with torchrun or accelerate launch.")
     ddp_timeout: int = _f(1800, help="Seconds a rank waits at a collective before failing (raise it for long data "
                           "preparation on many nodes).", min=60, max=7 * 24 * 3600)
     full_determinism: bool = _f(False, help="Deterministic kernels (slower); seeds are always set.")

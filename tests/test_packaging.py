@@ -31,12 +31,16 @@ def test_dockerfile_copies_existing_files_and_lints():
 def test_accelerate_configs_parse_and_explain_themselves():
     names = {os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "accelerate_configs", "*.yaml"))}
     assert {"single_gpu.yaml", "multi_gpu.yaml", "deepspeed_zero2.yaml", "deepspeed_zero3.yaml", "fsdp.yaml",
-            "cpu_multiprocess.yaml"} <= names
+            "cpu_multiprocess.yaml", "multi_node_ddp.yaml", "multi_node_fsdp.yaml"} <= names
     for n in names:
         text = open(os.path.join(ROOT, "accelerate_configs", n)).read()
         assert text.startswith("#"), n
         cfg = yaml.safe_load(text)
         assert "distributed_type" in cfg and "num_processes" in cfg
+        if cfg.get("num_machines", 1) > 1:  # multi-node: a rendezvous address and a whole number of GPUs per node
+            assert cfg["main_process_ip"] and cfg["main_process_port"] and cfg["num_processes"] % cfg["num_machines"] == 0
+            readme = open(os.path.join(ROOT, "README.md")).read()
+            assert f"accelerate_configs/{n}" in readme  # each multi-node config has its launch lines in the README
 
 
 def test_readme_test_command_is_what_ci_runs():

@@ -97,6 +97,7 @@ def _recipe(**sections):
     ({"train": {"padding_free": True}}, "seq2seq", "t5", "train.padding_free is for causal models"),
     ({"train": {"padding_free": True, "packing": True, "packing_strategy": "wrapped"}}, "causal", "gpt2",
      "attend across their boundaries"),
+    ({"train": {"fsdp": True}}, "causal", "gpt2", "train.fsdp needs CUDA GPUs"),
 ])
 def test_switches_refused_with_reason_on_cpu(sections, arch, mt, msg):
     from sft.precision import for_recipe
@@ -130,6 +131,13 @@ def test_switches_reach_the_trainer_arguments():
     assert kw["torch_compile"] and kw["ddp_timeout"] == 7200 and kw["dataloader_drop_last"]
     assert (kw["bf16"], kw["fp16"]) == (False, False)
     assert sft_config_arguments(r)["packing_strategy"] == "wrapped"
+    from sft.train.switches import fsdp_arguments
+
+    model = _tiny("llama", "sdpa")
+    fsdp = fsdp_arguments(_recipe(train={"fsdp": True}), model)
+    assert fsdp["fsdp_config"]["fsdp_version"] == 2
+    assert fsdp["fsdp_config"]["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"]  # the model's own block
+    assert fsdp_arguments(_recipe(), model) == {}
     pf = sft_config_arguments(_recipe(train={"padding_free": True}))
     assert pf["padding_free"] and pf["max_length"] is None  # features are already cut to data.max_length
 

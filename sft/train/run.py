@@ -181,6 +181,18 @@ def _step_of(checkpoint: str | None) -> int | None:
     return _step(checkpoint) if checkpoint else None
 
 
+def _distributed_kind(trainer) -> str:
+    """FSDP when the model was sharded (its parameters are DTensors), else accelerate's distributed type."""
+    try:
+        from torch.distributed.tensor import DTensor
+
+        if any(isinstance(p, DTensor) for p in trainer.model_wrapped.parameters()):
+            return "FSDP"
+    except ImportError:
+        pass
+    return str(getattr(trainer.accelerator.distributed_type, "value", "NO"))
+
+
 def peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
@@ -277,6 +289,7 @@ def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -
     say(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.3f}%)")
 
     from . import causal, seq2seq
+    from .switches import fsdp_arguments
 
     builder = seq2seq if arch == "seq2seq" else causal
     resume_step = _step(resume_from) if resume_from else None
@@ -300,7 +313,8 @@ def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -
                                overlong="trim", system=d.system_prompt, final_only=True).features
     trainer = builder.build_trainer(recipe, model, tokenizer, enc.features,
                                     training_arguments(recipe, on_gpu=on_gpu, eval_steps=eval_steps,
-                                                       precision=precision), callbacks,
+                                                       precision=precision) | fsdp_arguments(recipe, model),
+                                    callbacks,
                                     eval_features=eval_features)
     if eval_steps:
         trainer.sft_evaluator = TrainingEvaluator(recipe, tokenizer, arch, splits.eval)
@@ -319,7 +333,8 @@ def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -
         "train_runtime_s": round(elapsed, 3), "train_examples": len(enc.features),
         "tokens_per_second": round(tokens_seen / max(elapsed, 1e-9), 1),
         "trainable_params": trainable, "total_params": total, "peak_memory_mb": round(peak_memory_mb(), 1),
-        "world_size": world_size(), "arch": arch, "data": prep.summary(),
+        "world_size": world_size(), "distributed": _distributed_kind(trainer),
+        "mixed_precision": precision.mode, "arch": arch, "data": prep.summary(),
         **training_outcome(recipe, trainer, stopper, eval_steps),
     }
     trainer.save_model(out)

@@ -72,9 +72,26 @@ def check(recipe, *, arch: str, model_type: str | None, on_gpu: bool, precision:
     if t.padding_free and t.packing and t.packing_strategy == "wrapped":
         raise RecipeError("padding_free with wrapped packing lets examples attend across their boundaries",
                           file=file, field="train.padding_free", fix="use packing_strategy: bfd, or padding_free: false")
+    if t.fsdp and not on_gpu:
+        raise RecipeError("train.fsdp needs CUDA GPUs: on CPU, accelerate runs the processes as plain DDP "
+                          "(MULTI_CPU) and would silently not shard", file=file, field="train.fsdp",
+                          fix="set train.fsdp: false on CPU (torchrun still trains data-parallel)")
     if t.torch_compile and not hasattr(__import__("torch"), "compile"):
         raise RecipeError("this torch has no torch.compile", file=file, field="train.torch_compile",
                           fix="install torch >= 2.0 or set it false")
+
+
+def fsdp_arguments(recipe, model) -> dict:
+    """train.fsdp -> FSDP2 over the model's own block class (transformers' `_no_split_modules`)."""
+    if not recipe.train.fsdp:
+        return {}
+    blocks = list(getattr(model, "_no_split_modules", None) or [])
+    if not blocks:
+        raise RecipeError(f"{type(model).__name__} names no transformer block class to shard by", file=recipe.path,
+                          field="train.fsdp", fix="set train.fsdp: false (use DDP) for this model")
+    return {"fsdp": "full_shard auto_wrap", "fsdp_config": {"fsdp_version": 2, "transformer_layer_cls_to_wrap": blocks,
+                                                             "reshard_after_forward": True,
+                                                             "state_dict_type": "FULL_STATE_DICT"}}
 
 
 def trainer_arguments(recipe, precision: Precision) -> dict:
