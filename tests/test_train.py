@@ -140,6 +140,55 @@ def test_nonfinite_loss_stops_with_step(tmp_path, monkeypatch):
     assert not (tmp_path / "out" / "model.safetensors").exists()  # no final model from a broken run
 
 
+@pytest.mark.parametrize("bad_from,logging,save,accum,want_step,kept", [
+    (13, 7, 14, 1, 13, "checkpoint-7"),   # a checkpoint due right after the bad step is never written
+    (29, 10, 1000, 1, 29, None),          # bad after the last logging step: caught at the end, no final model
+    (9, 10, 1000, 2, 5, None),            # accumulation: the optimiser step of micro-batch 9 is step 5
+])
+def test_nonfinite_guard_checks_without_per_step_sync(tmp_path, monkeypatch, bad_from, logging, save, accum,
+                                                      want_step, kept):
+    """The guard zeroes the update on the device and reads its flag only at logs, saves, evaluations and the
+    end: the weights of every checkpoint stay finite and the error names the first bad step."""
+    import torch
+
+    from sft.errors import TrainError
+    from sft.train.causal import GuardedSFTTrainer
+
+    real = GuardedSFTTrainer.compute_loss
+    calls = {"n": 0, "syncs": 0}
+
+    def poisoned(self, *a, **k):
+        calls["n"] += 1
+        out = real(self, *a, **k)
+        if calls["n"] >= bad_from:
+            return (out[0] * float("nan"), *out[1:]) if isinstance(out, tuple) else out * float("nan")
+        return out
+
+    real_check = GuardedSFTTrainer.check_finite
+
+    def counted(self):
+        calls["syncs"] += 1
+        return real_check(self)
+
+    steps = 30 if accum == 1 else 15
+    r = recipe_from_dict(tiny_recipe("gpt2", tmp_path / "out", steps=steps, train__save_steps=save,
+                                     train__logging_steps=logging, train__grad_accum=accum), path="t.yaml")
+    if save == 14:
+        r.train.save_steps = 7  # checkpoints at 7 and 14: 14 comes after the bad step 13
+    monkeypatch.setattr(GuardedSFTTrainer, "compute_loss", poisoned)
+    monkeypatch.setattr(GuardedSFTTrainer, "check_finite", counted)
+    with pytest.raises(TrainError, match=rf"loss became nan at step {want_step}\b"):
+        train(r)
+    cks = sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*"))
+    assert cks == ([kept] if kept else [])
+    assert calls["syncs"] < calls["n"] / accum  # fewer host reads than optimiser steps
+    for ck in cks:
+        from safetensors.torch import load_file
+
+        weights = load_file(str(tmp_path / "out" / ck / "model.safetensors"))
+        assert all(torch.isfinite(t).all() for t in weights.values())
+
+
 def test_qlora_cpu_evaluates_before_and_after(tmp_path):
     """bitsandbytes repacks 4-bit CPU weights on first inference; scoring the base must not break training."""
     r = tiny_recipe("gpt2", tmp_path / "out", mode="qlora", steps=6)

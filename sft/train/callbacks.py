@@ -38,15 +38,17 @@ class JsonlLogger(TrainerCallback):
 
 
 class NonFiniteLossGuard:
-    """Mixin for a Trainer: stop at the first NaN/inf loss, before the optimiser applies it, so the last
-    checkpoint on disk stays good.
+    """Mixin for a Trainer: stop at the first NaN/inf loss without applying it, so the last checkpoint on disk
+    stays good, and without a host sync per step (which would stall a GPU's queue).
 
-    Each micro-step only folds `isfinite(loss)` into a flag on the device (no host sync, so the GPU's queue keeps
-    running); the flag is read once per optimiser step, just before `optimizer.step()`."""
+    Each micro-step folds `isfinite(loss)` into a flag on the device, with the first bad loss and its step.
+    Before every optimiser step the gradients are zeroed on the device when the flag is set (`masked_fill_`
+    with the flag: no sync), so a non-finite update is never applied. The flag is read on the host only where
+    the Trainer syncs anyway: at logging steps, before a checkpoint or an evaluation, and at the end."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._bad = self._bad_loss = None
+        self._bad = self._bad_loss = self._bad_step = None
         self.add_callback(_GuardCheck(self))
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -55,15 +57,31 @@ class NonFiniteLossGuard:
         bad = ~torch.isfinite(value)
         if self._bad is None or self._bad.device != value.device:
             self._bad, self._bad_loss = torch.zeros_like(bad), torch.zeros_like(value)
-        self._bad_loss = torch.where(bad & ~self._bad, value, self._bad_loss)  # the first bad value
+            self._bad_step = torch.zeros((), dtype=torch.long, device=value.device)
+        first = bad & ~self._bad
+        self._bad_loss = torch.where(first, value, self._bad_loss)
+        self._bad_step = torch.where(first, torch.full_like(self._bad_step, self.state.global_step + 1),
+                                     self._bad_step)
         self._bad = self._bad | bad
         return loss
 
+    def neutralise_update(self) -> None:
+        """Zero every gradient on the device if a loss since the last check was not finite (no host sync)."""
+        if self._bad is None:
+            return
+        for p in self.model.parameters():
+            g = p.grad
+            if g is None:
+                continue
+            if hasattr(g, "to_local"):  # FSDP2 DTensor: fill the local shard
+                g = g.to_local()
+            g.masked_fill_(self._bad.to(g.device), 0.0)
+
     def check_finite(self) -> None:
-        if self._bad is not None and bool(self._bad):  # the one host sync, once per optimiser step
-            step = self.state.global_step + 1
-            raise TrainError(f"training loss became {float(self._bad_loss)} at step {step}; stopped without applying "
-                             f"it (last checkpoint kept in {self.args.output_dir})", field="train.learning_rate",
+        if self._bad is not None and bool(self._bad):  # host sync: only where the Trainer syncs anyway
+            raise TrainError(f"training loss became {float(self._bad_loss)} at step {int(self._bad_step)}; "
+                             f"stopped without applying it (last checkpoint kept in {self.args.output_dir})",
+                             field="train.learning_rate",
                              fix="lower the learning rate or use mixed precision bf16 or no, then run again with "
                                  "--resume")
 
@@ -73,6 +91,16 @@ class _GuardCheck(TrainerCallback):
         self.trainer = trainer
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer.neutralise_update()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save or control.should_evaluate or control.should_training_stop:
+            self.trainer.check_finite()
+
+    def on_log(self, args, state, control, **kwargs):
+        self.trainer.check_finite()
+
+    def on_train_end(self, args, state, control, **kwargs):
         self.trainer.check_finite()
 
 
