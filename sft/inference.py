@@ -134,7 +134,7 @@ def generate_command(model_dir: str, input_path: str, out_path: str, gen_overrid
     cut = sum(c for _, c in fitted)
     if cut:
         print(f"[sft] note: {cut} prompt(s) left-truncated to fit the model context", file=sys.stderr, flush=True)
-    stops = tuple(get_template(recipe.data.template).stop)
+    stops = tuple(get_template(recipe.data.template, tokenizer).stop)
     preds = generate_batched(model, tokenizer, [p for p, _ in fitted], arch=arch, gen=gen,
                              batch_size=batch_size or recipe.eval.batch_size, stops=stops)
     out_rows = [{**row, "prediction": p} for row, p in zip(rows, preds)]
@@ -186,9 +186,9 @@ class _StopStreamer:
 def _answer(model, tokenizer, arch, recipe, messages, gen, stream_prefix: str | None) -> str:
     import torch
 
-    from .evaluation.generate import cut_at_stop, generation_kwargs
+    from .evaluation.generate import cut_at_stop, generation_kwargs, stop_token_ids
 
-    stops = tuple(get_template(recipe.data.template).stop)
+    stops = tuple(get_template(recipe.data.template, tokenizer).stop)
     ids = encode_prompts([{"messages": messages, "task": "", "source": ""}], tokenizer, recipe.data.template,
                          arch=arch, system=recipe.data.system_prompt)[0]
     ids, cut = _fit(ids, model, arch, gen, tokenizer.eos_token_id)
@@ -199,7 +199,7 @@ def _answer(model, tokenizer, arch, recipe, messages, gen, stream_prefix: str | 
     streamer = _StopStreamer(tokenizer, stops, stream_prefix) if stream_prefix is not None else None
     with torch.no_grad():
         out = model.generate(input_ids=inp, attention_mask=torch.ones_like(inp), pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id, streamer=streamer.streamer if streamer else None,
+                             eos_token_id=stop_token_ids(tokenizer, stops), streamer=streamer.streamer if streamer else None,
                              **generation_kwargs(gen))
     new = out[0, inp.shape[1]:] if arch == "causal" else out[0]
     return cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), stops)

@@ -130,6 +130,10 @@ def get_tokenizer(recipe: Recipe, train_records: list[dict] | None, arch: str):
     m = recipe.model
     kind = m.tokenizer or m.name
     if kind in BUILT:
+        if recipe.data.template == "tokenizer":
+            raise ModelError(f"template: tokenizer needs a pretrained tokenizer with a chat template, not a {kind!r} "
+                             "tokenizer built from the data", field="data.template",
+                             fix="choose a built-in template (alpaca, chatml, plain), or a Hub/local tokenizer")
         if train_records is None:
             raise ModelError("a built tokenizer needs the training data", field="model.tokenizer")
         from .data.templates import get_template, render_training
@@ -138,8 +142,26 @@ def get_tokenizer(recipe: Recipe, train_records: list[dict] | None, arch: str):
         texts = ["".join(t for t, _ in render_training(tpl, r["messages"], recipe.data.system_prompt))
                  for r in train_records]
         return build_tokenizer(kind, texts, vocab_size=m.tokenizer_vocab_size, arch=arch)
-    return load_tokenizer(kind, revision=m.revision if kind == m.name else None,
-                          trust_remote_code=m.trust_remote_code)
+    tokenizer = load_tokenizer(kind, revision=m.revision if kind == m.name else None,
+                               trust_remote_code=m.trust_remote_code)
+    if recipe.data.chat_template_path:
+        tokenizer.chat_template = read_chat_template(recipe.data.chat_template_path)
+    return tokenizer
+
+
+def read_chat_template(path: str) -> str:
+    from .errors import RecipeError
+
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError(f"cannot read the chat template ({type(e).__name__})", file=path,
+                          field="data.chat_template_path", fix="point it at a UTF-8 .jinja file") from e
+    if "{{" not in text and "{%" not in text:
+        raise RecipeError("this file is not a Jinja chat template", file=path, field="data.chat_template_path",
+                          fix="point it at a .jinja chat template")
+    return text
 
 
 def run_precision(recipe: Recipe, arch: str | None = None):
@@ -236,8 +258,20 @@ def load_model(recipe: Recipe, tokenizer, arch: str, *, base_save_dir: str | Non
             model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.eos_token_id = _saved_eos(recipe, tokenizer)
     return model
+
+
+def _saved_eos(recipe: Recipe, tokenizer):
+    """EOS, or with a chat template EOS plus its end-of-turn token: what generation_config.json tells servers
+    (vLLM, transformers pipeline) to stop at."""
+    from .data.templates import get_template
+    from .evaluation.generate import stop_token_ids
+
+    if recipe.data.template != "tokenizer":
+        return tokenizer.eos_token_id
+    ids = stop_token_ids(tokenizer, tuple(get_template("tokenizer", tokenizer).stop))
+    return ids if len(ids) > 1 else ids[0]
 
 
 def _attention_checked(build):

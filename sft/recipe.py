@@ -86,9 +86,13 @@ class CleanConfig:
 @dataclass
 class DataConfig:
     sources: list[SourceConfig] = _f(help="One or more data sources, mixed by weight.", factory=list)
-    template: str = _f("alpaca", help="Prompt template: alpaca, chatml, plain, or a Jinja template given inline "
+    template: str = _f("alpaca", help="Prompt template: alpaca, chatml, plain, tokenizer (the tokenizer's own chat "
+                       "template, as servers apply it), or a Jinja template given inline "
                        "(contains '{{') or as a file path ending in .jinja / .j2.")
     system_prompt: str | None = _f(None, help="System message added to examples that have none.")
+    chat_template_path: str | None = _f(
+        None, help="With template: tokenizer, a .jinja chat template to use (and save with the model) instead of "
+        "the tokenizer's own.")
     max_length: int = _f(256, help="Maximum tokens per example (prompt + answer).", min=8)
     max_samples: int | None = _f(None, help="Cap on the mixed training set.", min=1)
     eval_ratio: float = _f(0.1, help="Fraction of each source held out for evaluation (0 to disable). The split "
@@ -442,6 +446,9 @@ def _validate_combinations(r: Recipe) -> None:
     if r.quantization.enabled and not r.lora.enabled:
         raise RecipeError("a quantised base cannot be trained in full", file=file, field="quantization.load_in_4bit",
                           fix="set lora.enabled: true (QLoRA) or turn quantisation off")
+    if r.data.chat_template_path and r.data.template != "tokenizer":
+        raise RecipeError("data.chat_template_path is read only with template: tokenizer", file=file,
+                          field="data.chat_template_path", fix="set data.template: tokenizer, or remove the path")
     if not r.data.sources:
         raise RecipeError("no data sources", file=file, field="data.sources",
                           fix="add at least one source, e.g. '- path: builtin:synthetic'")

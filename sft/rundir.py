@@ -219,7 +219,9 @@ def source_fingerprint(src) -> dict:
 
 def tokenizer_digest(tokenizer) -> str:
     vocab = sorted(tokenizer.get_vocab().items())
-    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode("utf-8", "surrogatepass")).hexdigest()[:20]
+    chat = getattr(tokenizer, "chat_template", None)  # template: tokenizer renders with it
+    blob = json.dumps([vocab, chat if isinstance(chat, str) else None], ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:20]
 
 
 def template_digest(spec: str) -> str:

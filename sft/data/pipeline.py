@@ -297,7 +297,7 @@ def encode(records: list[dict], tokenizer, template_spec: str, *, arch: str, max
     """Render and tokenise. Causal: input_ids = all segments + EOS, labels -100 on untrained tokens
     (`final_only`: only the final answer is labelled, as evaluation scores it).
     Seq2seq: input_ids = source + EOS, labels = final answer + EOS."""
-    template = get_template(template_spec)
+    template = get_template(template_spec, tokenizer)
     report = report or DropReport()
     counted: set[int] = set()
 
@@ -339,8 +339,9 @@ def encode(records: list[dict], tokenizer, template_spec: str, *, arch: str, max
             for i, (ids, trained) in enumerate(seg_ids):
                 input_ids += ids
                 labels += ids if trained and (not final_only or i == last) else [-100] * len(ids)
-            input_ids.append(eos)
-            labels.append(eos)
+            if template.appends_eos:
+                input_ids.append(eos)
+                labels.append(eos)
             lengths.append(len(input_ids))
             if len(input_ids) > max_length:
                 if overlong == "drop":
@@ -359,7 +360,7 @@ def encode(records: list[dict], tokenizer, template_spec: str, *, arch: str, max
 def encode_prompts(records: list[dict], tokenizer, template_spec: str, *, arch: str,
                    system: str | None = None) -> list[list[int]]:
     """Inference prompts, tokenised exactly as the training prefix of the final answer."""
-    template = get_template(template_spec)
+    template = get_template(template_spec, tokenizer)
     rendered = [render_prompt_segments(template, r["messages"], system) for r in records]
     flat = [t for segs in rendered for t, _ in segs]
     ids_flat = iter(_tokenize_many(tokenizer, flat))
@@ -376,8 +377,8 @@ def final_answer(record: dict) -> str:
     return next(m["content"] for m in reversed(record["messages"]) if m["role"] == "assistant")
 
 
-def prompt_text(record: dict, template_spec: str, system: str | None = None) -> str:
-    return render_prompt(get_template(template_spec), record["messages"], system)
+def prompt_text(record: dict, template_spec: str, system: str | None = None, tokenizer=None) -> str:
+    return render_prompt(get_template(template_spec, tokenizer), record["messages"], system)
 
 
 def count_by(records: list[dict], key: str) -> dict:

@@ -29,6 +29,7 @@ class Template:
     render: Callable[[list[dict], str | None], list[Segment]]
     stop: tuple[str, ...] = ()  # text markers that end an answer at inference (besides EOS)
     doc: str = ""
+    appends_eos: bool = True  # training appends the tokenizer's EOS after the final answer
 
 
 def _user_text(m: dict) -> str:
@@ -143,6 +144,90 @@ class JinjaTemplate:
         return segs
 
 
+class ChatTemplate:
+    """The tokenizer's own chat template (`template: tokenizer`), the Hub convention servers follow.
+
+    Assistant spans are found by rendering, not by searching the answer's text: a span starts where two
+    renderings with different placeholder answers first differ, and ends where the rendering of the
+    conversation cut after that turn stops agreeing with the whole one (trailing whitespace left out). So
+    every assistant turn is trained, its end-of-turn marker included (the model learns to stop), whatever
+    whitespace or `trim` the template adds. Inference prompts are `apply_chat_template(...,
+    add_generation_prompt=True)`, exactly what a server sends."""
+
+    name = "tokenizer"
+    appends_eos = False  # the template writes its own end-of-turn (and EOS, if it wants one)
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.source = tokenizer.chat_template
+        probe = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+        span = next(t for t, trained in self._segments(probe) if trained)
+        self.end_of_turn = span[1:].strip()  # what the template writes after an answer, e.g. <|im_end|>
+        self.stop = (self.end_of_turn,) if self.end_of_turn else ()
+
+    def _apply(self, messages: list[dict], generation_prompt: bool = False) -> str:
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                      add_generation_prompt=generation_prompt)
+        except Exception as e:
+            raise RecipeError(f"the tokenizer's chat template failed ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:160] if str(e) else ''})", field="data.template",
+                              fix="check that the conversation fits the template (e.g. alternating roles), or "
+                                  "use another template") from e
+
+    @staticmethod
+    def _messages(messages: list[dict], system: str | None) -> list[dict]:
+        out = [{"role": m["role"], "content": _user_text(m) if m["role"] == "user" else m["content"]}
+               for m in messages]
+        if system and not any(m["role"] == "system" for m in out):
+            out.insert(0, {"role": "system", "content": system})
+        return out
+
+    def _segments(self, messages: list[dict], trained_flags: list[bool] | None = None) -> list[Segment]:
+        full = self._apply(messages)
+        segs: list[Segment] = []
+        pos = 0
+        for i, m in enumerate(messages):
+            if m["role"] != "assistant":
+                continue
+            a = self._apply(messages[:i] + [{**m, "content": "\x01\x02A"}] + messages[i + 1:])
+            b = self._apply(messages[:i] + [{**m, "content": "\x03\x04B"}] + messages[i + 1:])
+            start = _common_prefix(a, b)
+            cut = self._apply(messages[: i + 1])
+            end = _common_prefix(cut, full)
+            end = start + len(full[start:end].rstrip())
+            if start < pos or end <= start or full[:start] != a[:start]:
+                raise RecipeError("cannot locate assistant turns in the tokenizer's chat template (its text "
+                                  "before an answer depends on the answer)", field="data.template",
+                                  fix="use a built-in template or a data.chat_template_path without that")
+            segs.append((full[pos:start], False))
+            segs.append((full[start:end], True if trained_flags is None else trained_flags[i]))
+            pos = end
+        segs.append((full[pos:], False))
+        return segs
+
+    def render(self, messages: list[dict], system: str | None) -> list[Segment]:
+        msgs = self._messages(messages, system)
+        flags = [m.get("loss", True) if m["role"] == "assistant" else False for m in messages]
+        if len(msgs) > len(messages):
+            flags = [False] + flags
+        return self._segments(msgs, flags)
+
+    def render_prompt(self, messages: list[dict], system: str | None) -> str:
+        msgs = self._messages([m for m in messages], system)
+        if msgs and msgs[-1]["role"] == "assistant":
+            msgs = msgs[:-1]
+        return self._apply(msgs, generation_prompt=True)
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
 MAX_RENDER_SECONDS = 1.0
 MAX_RENDER_CHARS = 1_000_000
 
@@ -203,8 +288,24 @@ def _render_bounded(tpl, name: str, variables: dict) -> str:
             signal.signal(signal.SIGALRM, old)
 
 
-def get_template(spec: str) -> Template | JinjaTemplate:
-    """A registry name, an inline Jinja template (contains '{{' or '{%'), or a .jinja/.j2 file path."""
+_CHAT: dict = {}
+
+
+def get_template(spec: str, tokenizer=None) -> Template | JinjaTemplate | ChatTemplate:
+    """A registry name, `tokenizer` (the tokenizer's chat template), an inline Jinja template (contains '{{'
+    or '{%'), or a .jinja/.j2 file path."""
+    if spec == "tokenizer":
+        source = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
+        if not isinstance(source, str) or not source:
+            raise RecipeError("template: tokenizer needs a tokenizer with a chat_template" +
+                              (" (this one has none)" if tokenizer is not None else ""), field="data.template",
+                              fix="use a chat model's tokenizer, set data.chat_template_path to a .jinja file, or "
+                                  "choose a built-in template")
+        key = (id(tokenizer), source)
+        if key not in _CHAT:
+            _CHAT.clear()
+            _CHAT[key] = ChatTemplate(tokenizer)
+        return _CHAT[key]
     if spec in TEMPLATES:
         return TEMPLATES[spec]
     if "{{" in spec or "{%" in spec:
@@ -256,6 +357,8 @@ def render_prompt(template, messages: list[dict], system: str | None) -> str:
 
 
 def render_prompt_segments(template, messages: list[dict], system: str | None) -> list[Segment]:
+    if hasattr(template, "render_prompt"):  # a chat template renders its own generation prompt
+        return [(template.render_prompt(messages, system), False)]
     msgs = list(messages)
     if msgs and msgs[-1]["role"] == "assistant":
         msgs = msgs[:-1]

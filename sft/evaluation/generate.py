@@ -36,6 +36,17 @@ def cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
     return text.strip()
 
 
+def stop_token_ids(tokenizer, stops: tuple[str, ...] = ()) -> list[int]:
+    """EOS plus every stop marker that is a single token (a chat template's end of turn, e.g. <|im_end|>,
+    <|eot_id|>, <end_of_turn>): generation ends at any of them, not only at EOS."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    for s in stops:
+        toks = tokenizer.encode(s, add_special_tokens=False) if s else []
+        if len(toks) == 1 and toks[0] not in ids:
+            ids.append(toks[0])
+    return ids
+
+
 def generation_kwargs(gen) -> dict:
     kw = dict(max_new_tokens=gen.max_new_tokens, num_beams=gen.num_beams, do_sample=gen.do_sample,
               repetition_penalty=gen.repetition_penalty)
@@ -52,6 +63,7 @@ def generate_batched(model, tokenizer, prompts: list[list[int]], *, arch: str, g
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     out: list[str] = [""] * len(prompts)
     kwargs = generation_kwargs(gen)
+    eos_ids = stop_token_ids(tokenizer, stops)
     batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
     if progress:
         from tqdm.auto import tqdm
@@ -61,7 +73,7 @@ def generate_batched(model, tokenizer, prompts: list[list[int]], *, arch: str, g
         ids, mask = _pad([prompts[i] for i in idx], tokenizer.pad_token_id, left=arch == "causal")
         ids, mask = ids.to(device), mask.to(device)
         seqs = model.generate(input_ids=ids, attention_mask=mask, pad_token_id=tokenizer.pad_token_id,
-                              eos_token_id=tokenizer.eos_token_id, synced_gpus=synced_gpus, **kwargs)
+                              eos_token_id=eos_ids, synced_gpus=synced_gpus, **kwargs)
         new = seqs[:, ids.shape[1]:] if arch == "causal" else seqs
         texts = tokenizer.batch_decode(new, skip_special_tokens=True)
         for i, t in zip(idx, texts):

@@ -32,12 +32,12 @@ from .perplexity import perplexity, token_nll
 SCHEMA = "sft.metrics/v1"
 
 
-def group_items(records: list[dict], template: str, system: str | None, group: bool) -> list[dict]:
+def group_items(records: list[dict], template: str, system: str | None, group: bool, tokenizer=None) -> list[dict]:
     """Eval items: records whose rendered prompt is identical become one item with all their references."""
     items: dict[str, dict] = {}
     out = []
     for r in records:
-        prompt = prompt_text(r, template, system)
+        prompt = prompt_text(r, template, system, tokenizer)
         key = prompt if group else f"{len(out)}\x00{prompt}"
         if key not in items:
             items[key] = {"task": r["task"], "prompt": prompt, "records": [], "references": []}
@@ -93,7 +93,7 @@ def build_eval_set(model_config, tokenizer, arch: str, records: list[dict], reci
     from ..modeling import context_length
 
     e, d = recipe.eval, recipe.data
-    items = group_items(records, d.template, d.system_prompt, e.group_references)
+    items = group_items(records, d.template, d.system_prompt, e.group_references, tokenizer)
     if max_items is not None:
         items = items[:max_items]
     ctx = context_length(model_config)
@@ -173,7 +173,7 @@ def evaluate_model(model, tokenizer, arch: str, records: list[dict], recipe: Rec
     text_metrics = [m for m in metrics_wanted if m.startswith("evaluate:") or METRICS[m].kind == "text"]
     if text_metrics:
         preds = sharded_generate(model, tokenizer, es, arch=arch, gen=e.generation, batch_size=e.batch_size,
-                                 stops=tuple(get_template(d.template).stop), progress=progress)
+                                 stops=tuple(get_template(d.template, tokenizer).stop), progress=progress)
         corpus, per_sample = score_texts(preds, [it["references"] for it in items], text_metrics)
         overall.update(corpus)
         for row, p, s in zip(rows, preds, per_sample):

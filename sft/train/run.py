@@ -339,7 +339,9 @@ def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -
     }
     trainer.save_model(out)
     if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(out)
+        tokenizer.save_pretrained(out)  # with its chat_template when the run used one
+        if getattr(model, "generation_config", None) is not None:  # adapters too: the stop tokens servers read
+            model.generation_config.save_pretrained(out)
         trainer.save_state()
         write_json_atomic(os.path.join(out, "train_summary.json"), summary)
     model = trainer.model
