@@ -11,27 +11,8 @@ import torch
 from .errors import ModelError
 from .recipe import ModelConfig, Recipe
 
-# Public configs of common bases, so `init: scratch` and parameter counting work offline.
-KNOWN_CONFIGS = {
-    "gpt2": ("gpt2", {}),
-    "openai-community/gpt2": ("gpt2", {}),
-    "gpt2-medium": ("gpt2", {"n_embd": 1024, "n_layer": 24, "n_head": 16}),
-    "openai-community/gpt2-medium": ("gpt2", {"n_embd": 1024, "n_layer": 24, "n_head": 16}),
-    "gpt2-large": ("gpt2", {"n_embd": 1280, "n_layer": 36, "n_head": 20}),
-    "openai-community/gpt2-large": ("gpt2", {"n_embd": 1280, "n_layer": 36, "n_head": 20}),
-    "t5": ("t5", {}),
-    "t5-small": ("t5", {}),
-    "google-t5/t5-small": ("t5", {}),
-    "t5-base": ("t5", {"d_model": 768, "d_ff": 3072, "num_layers": 12, "num_decoder_layers": 12, "num_heads": 12}),
-    "google/flan-t5-small": ("t5", {"d_model": 512, "d_ff": 1024, "num_layers": 8, "num_decoder_layers": 8,
-                                    "num_heads": 6, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False}),
-    "google/flan-t5-base": ("t5", {"d_model": 768, "d_ff": 2048, "num_layers": 12, "num_decoder_layers": 12,
-                                   "num_heads": 12, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False}),
-}
-
-DEFAULT_LORA_TARGETS = {"gpt2": ["c_attn"], "t5": ["q", "v"], "mt5": ["q", "v"], "bart": ["q_proj", "v_proj"],
-                        "llama": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"]}
-
+from .families import SCRATCH as KNOWN_CONFIGS  # public configs for offline `init: scratch` (one table)
+from .families import family_of, trainer_path
 
 _CONFIGS: dict = {}
 
@@ -110,6 +91,10 @@ def _divisor_near(width: int, heads: int) -> int:
 
 def context_length(config) -> int | None:
     """Longest sequence the model accepts (None: relative positions, e.g. T5)."""
+    fam = family_of(getattr(config, "model_type", None))
+    if fam is not None:
+        value = getattr(config, fam.context_attr, None) if fam.context_attr else None
+        return value if isinstance(value, int) and value > 0 else None
     for attr in CONTEXT_ATTRS:
         value = getattr(config, attr, None)
         if isinstance(value, int) and value > 0:
@@ -120,7 +105,7 @@ def context_length(config) -> int | None:
 def resolve_arch(cfg: ModelConfig) -> str:
     if cfg.arch != "auto":
         return cfg.arch
-    return "seq2seq" if getattr(load_config(cfg), "is_encoder_decoder", False) else "causal"
+    return trainer_path(load_config(cfg))
 
 
 def get_tokenizer(recipe: Recipe, train_records: list[dict] | None, arch: str):
@@ -302,8 +287,12 @@ def linear_module_names(model) -> list[str]:
     return sorted(names)
 
 
-def lora_targets(recipe: Recipe, model) -> list[str]:
-    targets = recipe.lora.target_modules or DEFAULT_LORA_TARGETS.get(model.config.model_type)
+def lora_targets(recipe: Recipe, model) -> list[str] | str:
+    """lora.target_modules, `all-linear`, or the family's default (attention and MLP for Llama-style models)."""
+    if recipe.lora.target_modules == ["all-linear"]:
+        return "all-linear"  # peft: every linear layer except the output head
+    fam = family_of(model.config.model_type)
+    targets = recipe.lora.target_modules or (list(fam.lora_targets) if fam else None)
     if not targets:
         raise ModelError(f"no default LoRA targets for model type {model.config.model_type!r}",
                          field="lora.target_modules", fix=f"choose from {linear_module_names(model)}")
@@ -325,7 +314,8 @@ def apply_lora(recipe: Recipe, model, arch: str):
         target_modules=lora_targets(recipe, model), bias=recipe.lora.bias,
         modules_to_save=recipe.lora.modules_to_save or None,
         task_type=TaskType.SEQ_2_SEQ_LM if arch == "seq2seq" else TaskType.CAUSAL_LM,
-        fan_in_fan_out=model.config.model_type == "gpt2")
+        fan_in_fan_out=bool(getattr(family_of(model.config.model_type), "conv1d", False)),
+        use_dora=recipe.lora.use_dora, use_rslora=recipe.lora.use_rslora)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return get_peft_model(model, config)
@@ -383,7 +373,7 @@ def load_for_inference(output_dir: str, *, device: str | None = None, dtype: tor
             model = PeftModel.from_pretrained(base, output_dir)
         else:
             config = AutoConfig.from_pretrained(output_dir, trust_remote_code=trust)
-            arch = "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
+            arch = trainer_path(config)
             model = _auto_class(arch).from_pretrained(output_dir, dtype=dtype or torch.float32,
                                                       trust_remote_code=trust)
     except ModelError:

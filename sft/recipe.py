@@ -166,7 +166,12 @@ class LoraConfig:
     alpha: int = _f(16, help="LoRA scaling alpha.", min=1)
     dropout: float = _f(0.05, help="LoRA dropout.", min=0.0, max=1.0)
     target_modules: list[str] = _f(
-        help="Module names to adapt (default per architecture: GPT-2 c_attn; T5 q, v).", factory=list)
+        help="Module names to adapt, or all-linear (every linear layer but the output head). Default per family "
+        "(sft/families.py): GPT-2 c_attn; T5 q, v; Llama/Mistral/Qwen/Gemma attention and MLP projections.",
+        factory=list)
+    use_dora: bool = _f(False, help="DoRA: weight-decomposed LoRA (magnitude + direction); slower, often better "
+                        "at low rank.")
+    use_rslora: bool = _f(False, help="rsLoRA: scale by alpha/sqrt(r) instead of alpha/r (stable at high rank).")
     bias: Literal["none", "all", "lora_only"] = _f("none", help="Which biases to train.")
     modules_to_save: list[str] = _f(help="Extra modules trained in full and saved with the adapter.", factory=list)
 
@@ -449,6 +454,9 @@ def _validate_combinations(r: Recipe) -> None:
     if r.data.chat_template_path and r.data.template != "tokenizer":
         raise RecipeError("data.chat_template_path is read only with template: tokenizer", file=file,
                           field="data.chat_template_path", fix="set data.template: tokenizer, or remove the path")
+    if "all-linear" in r.lora.target_modules and len(r.lora.target_modules) > 1:
+        raise RecipeError("all-linear stands alone", file=file, field="lora.target_modules",
+                          fix="use [all-linear] or a list of module names, not both")
     if not r.data.sources:
         raise RecipeError("no data sources", file=file, field="data.sources",
                           fix="add at least one source, e.g. '- path: builtin:synthetic'")

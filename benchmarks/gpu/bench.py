@@ -162,6 +162,7 @@ def run_trl(v: dict, args, work: str) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from sft.data.pipeline import final_answer, prompt_text
+    from sft.families import family_of
     from sft.modeling import count_parameters, load_model, lora_targets, run_precision
     from sft.prepare import prepare_data
     from sft.train.callbacks import JsonlLogger
@@ -178,7 +179,7 @@ def run_trl(v: dict, args, work: str) -> dict:
     if recipe.lora.enabled:
         peft_config = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
                                  target_modules=lora_targets(recipe, model), task_type="CAUSAL_LM",
-                                 fan_in_fan_out=model.config.model_type == "gpt2")
+                                 fan_in_fan_out=bool(getattr(family_of(model.config.model_type), "conv1d", False)))
     out = recipe.train.output_dir
     os.makedirs(out, exist_ok=True)
     t = recipe.train
