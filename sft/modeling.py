@@ -225,7 +225,7 @@ def load_model(recipe: Recipe, tokenizer, arch: str, *, base_save_dir: str | Non
             model = model.to(dtype)
     else:
         kwargs = dict(revision=m.revision, trust_remote_code=m.trust_remote_code, dtype=dtype,
-                      use_safetensors=None if m.allow_pickle else True, **attn)
+                      use_safetensors=None if m.allow_pickle else True, **attn, **m.init_kwargs)
         if qconfig is not None:
             kwargs.update(quantization_config=qconfig, device_map=_device_map(on_gpu))
         try:

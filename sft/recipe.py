@@ -49,6 +49,8 @@ class ModelConfig:
     trust_remote_code: bool = _f(False, help="Run model code from the Hub repo. Off unless you trust the repo.")
     allow_pickle: bool = _f(False, help="Allow loading pickle (.bin) checkpoints; safetensors only otherwise.")
     revision: str | None = _f(None, help="Hub revision (branch, tag or commit) of the base model.")
+    init_kwargs: dict = _f(help="Other from_pretrained arguments (e.g. {low_cpu_mem_usage: true, max_memory: ...}); "
+                           "checked by name, and those a recipe key owns are refused.", factory=dict)
 
 
 @dataclass
@@ -117,7 +119,8 @@ class TrainConfig:
     grad_accum: int = _f(1, help="Gradient accumulation steps.", min=1)
     learning_rate: float = _f(2e-4, help="Peak learning rate.", min=0.0, max=1.0, exclusive_min=True)
     lr_scheduler: str = _f("linear", help="transformers scheduler name: linear, cosine, constant, ...")
-    warmup_steps: int = _f(0, help="Linear warm-up steps.", min=0)
+    warmup_steps: int | float = _f(0, help="Linear warm-up: steps, or below 1 a ratio of the total steps "
+                                   "(transformers 5's replacement for warmup_ratio).", min=0)
     weight_decay: float = _f(0.0, help="AdamW weight decay.", min=0.0)
     max_grad_norm: float = _f(1.0, help="Gradient clipping norm.", min=0.0)
     optim: str = _f("adamw_torch", help="transformers optimiser name.")
@@ -157,6 +160,9 @@ class TrainConfig:
     ddp_timeout: int = _f(1800, help="Seconds a rank waits at a collective before failing (raise it for long data "
                           "preparation on many nodes).", min=60, max=7 * 24 * 3600)
     full_determinism: bool = _f(False, help="Deterministic kernels (slower); seeds are always set.")
+    trainer_args: dict = _f(help="Other fields of the installed trl.SFTConfig (causal) or "
+                            "Seq2SeqTrainingArguments (seq2seq), e.g. {neftune_noise_alpha: 5, lr_scheduler_kwargs: "
+                            "{min_lr: 1.0e-5}}. Checked by name; fields a recipe key owns are refused.", factory=dict)
 
 
 @dataclass
@@ -474,6 +480,9 @@ def _validate_combinations(r: Recipe) -> None:
     if r.hub.push_to_hub and not r.hub.repo_id:
         raise RecipeError("push_to_hub is on but no repo_id is set", file=file, field="hub.repo_id",
                           fix="set hub.repo_id: OWNER/NAME, or hub.push_to_hub: false")
+    from .passthrough import check as check_passthrough
+
+    check_passthrough(r)
     _check_name(r.train.lr_scheduler, _scheduler_names(), file, "train.lr_scheduler")
     _check_name(r.train.optim, _optimizer_names(), file, "train.optim")
     for i, name in enumerate(r.train.report_to):

@@ -247,3 +247,50 @@ def test_gpu_kit_smoke(tmp_path):
     assert abs(rows["gpt2-small-full-sft"]["loss"] - rows["gpt2-small-full-trl"]["loss"]) < 0.1
     md = (out / "results.md").read_text()
     assert "| gpt2-small-full-sft |" in md and "## Goals" in md
+
+
+# ---- validated pass-through -------------------------------------------------------------------
+
+@pytest.mark.parametrize("sections,msg", [
+    ({"train": {"trainer_args": {"neftune_noise_alpa": 5}}}, "train.trainer_args.neftune_noise_alpa: 'neftune_noise_alpa' "
+     "is not a field of trl.SFTConfig or Seq2SeqTrainingArguments (fix: did you mean 'neftune_noise_alpha'?)"),
+    ({"train": {"trainer_args": {"learning_rate": 1e-4}}}, "train.trainer_args.learning_rate: learning_rate is set by "
+     "train.learning_rate"),
+    ({"train": {"trainer_args": {"warmup_ratio": 0.1}}}, "is set by train.warmup_steps (a value below 1 is a ratio"),
+    ({"train": {"trainer_args": {"remove_unused_columns": False}}}, "fixed by sft"),
+    ({"model": {"init": "pretrained", "init_kwargs": {"attn_implementation": "eager"}}},
+     "model.init_kwargs.attn_implementation: "
+     "attn_implementation is set by model.attn_implementation"),
+    ({"model": {"init": "pretrained", "init_kwargs": {"max_memroy": {}}}}, "did you mean 'max_memory'"),
+    ({"model": {"init_kwargs": {"max_memory": {}}}}, "model.init_kwargs apply when loading pretrained weights"),
+])
+def test_passthrough_is_checked_by_name(sections, msg):
+    with pytest.raises(RecipeError) as e:
+        _recipe(**sections)
+    assert msg in str(e.value)
+
+
+def _lr_and_losses(tmp_path, name, **train):
+    from conftest import tiny_recipe
+    from sft.train.run import train as run_train
+
+    r = tiny_recipe("gpt2", tmp_path / name, steps=20, train__logging_steps=1, **{f"train__{k}": v for k, v in
+                                                                                   train.items()})
+    r["model"]["config_overrides"].update(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    run_train(recipe_from_dict(r, path=f"{name}.yaml"))
+    log = [json.loads(x) for x in (tmp_path / name / "train_log.jsonl").read_text().splitlines()]
+    logs = [x for x in log if "loss" in x and "learning_rate" in x]
+    return [x["learning_rate"] for x in logs], [x["loss"] for x in logs]
+
+
+def test_passthrough_reaches_the_trainer_neftune_warmup_ratio_min_lr(tmp_path):
+    base_lr, base_loss = _lr_and_losses(tmp_path, "base", lr_scheduler="constant")
+    _, noisy_loss = _lr_and_losses(tmp_path, "neftune", lr_scheduler="constant",
+                                   trainer_args={"neftune_noise_alpha": 5.0})
+    assert noisy_loss[0] != base_loss[0] and all(math.isfinite(x) for x in noisy_loss)  # noise on the embeddings
+    lr, _ = _lr_and_losses(tmp_path, "warm", lr_scheduler="constant_with_warmup", warmup_steps=0.25)
+    assert lr[:5] == sorted(lr[:5]) and lr[0] < 3e-3  # 25 % of 20 steps = 5 warm-up steps
+    assert all(x == pytest.approx(3e-3) for x in lr[6:])
+    lr, _ = _lr_and_losses(tmp_path, "minlr", lr_scheduler="cosine_with_min_lr",
+                           trainer_args={"lr_scheduler_kwargs": {"min_lr": 1e-3}})
+    assert lr[-1] == pytest.approx(1e-3, rel=0.05) and min(lr) >= 1e-3 * 0.999  # cosine floors at min_lr

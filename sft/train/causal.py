@@ -18,7 +18,9 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_features: list[dict], 
                   eval_features: list[dict] | None = None):
     from .switches import sft_config_arguments
 
-    args = SFTConfig(dataset_num_proc=None, **sft_config_arguments(recipe), **args_kwargs)
+    from ..passthrough import build_args
+
+    args = build_args(SFTConfig, {"dataset_num_proc": None, **sft_config_arguments(recipe), **args_kwargs}, recipe)
     dataset = _dataset(train_features)
     # sft's own evaluator scores during training; the Trainer only needs an eval set to schedule it
     eval_dataset = _dataset(eval_features) if eval_features else None

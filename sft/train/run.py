@@ -135,7 +135,8 @@ def training_arguments(recipe: Recipe, *, on_gpu: bool, eval_steps: int = 0, pre
     return dict(
         output_dir=t.output_dir, num_train_epochs=t.epochs, max_steps=t.max_steps,
         per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
-        learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_steps,
+        learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_steps if t.warmup_steps < 1 else int(t.warmup_steps),  # below 1: a ratio
         weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, optim=t.optim,
         logging_steps=t.logging_steps, logging_first_step=True, logging_nan_inf_filter=False,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
@@ -145,7 +146,7 @@ def training_arguments(recipe: Recipe, *, on_gpu: bool, eval_steps: int = 0, pre
         remove_unused_columns=True, disable_tqdm=False,
         ddp_find_unused_parameters=False if world_size() > 1 else None,
         dataloader_num_workers=0, include_num_input_tokens_seen="non_padding",
-    ) | _eval_arguments(recipe, eval_steps)
+    ) | _eval_arguments(recipe, eval_steps) | dict(t.trainer_args)
 
 
 def _checkpointing_arg(on: bool) -> dict:
@@ -232,6 +233,9 @@ def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -
     from ..precision import for_recipe
     from .switches import check as check_switches
 
+    from ..passthrough import check as check_passthrough
+
+    check_passthrough(recipe, arch)  # against the installed trainer class of this path
     precision = for_recipe(recipe, config.model_type)
     check_switches(recipe, arch=arch, model_type=config.model_type, on_gpu=on_gpu, precision=precision)
     say(f"precision: {precision.mode} ({precision.reason})")

@@ -16,7 +16,9 @@ class GuardedSeq2SeqTrainer(NonFiniteLossGuard, EvaluatingTrainer, Seq2SeqTraine
 
 def build_trainer(recipe: Recipe, model, tokenizer, train_features: list[dict], args_kwargs: dict, callbacks,
                   eval_features: list[dict] | None = None):
-    args = Seq2SeqTrainingArguments(**args_kwargs)
+    from ..passthrough import build_args
+
+    args = build_args(Seq2SeqTrainingArguments, args_kwargs, recipe)
     dataset = _dataset(train_features)
     # sft's own evaluator scores during training; the Trainer only needs an eval set to schedule it
     eval_dataset = _dataset(eval_features) if eval_features else None
