@@ -56,8 +56,24 @@ def load_config(cfg: ModelConfig):
         except Exception as e:  # transformers 5 validates config fields on assignment
             raise ModelError(f"invalid value {value!r} ({str(e).splitlines()[0][:120]})",
                              field=f"model.config_overrides.{key}", fix="give a value of the field's type") from e
+    _fit_layer_types(config)
     check_config(config)
     return config
+
+
+def _fit_layer_types(config) -> None:
+    """Configs with a per-layer list (Qwen2/3, Gemma 2/3: sliding vs full attention) must list every layer:
+    after a num_hidden_layers override, cut or extend the list, then let transformers validate the result."""
+    n, types = getattr(config, "num_hidden_layers", None), getattr(config, "layer_types", None)
+    if isinstance(n, int) and isinstance(types, list) and types and len(types) != n:
+        config.layer_types = (types + [types[-1]] * n)[:n]
+    validate = getattr(config, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except Exception as e:
+            raise ModelError(f"the config is inconsistent ({type(e).__name__}: {str(e).splitlines()[0][:160]})",
+                             field="model.config_overrides", fix="make the overridden sizes agree") from e
 
 
 # (width, heads) attribute pairs whose ratio must be whole, across families.

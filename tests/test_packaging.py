@@ -62,6 +62,12 @@ REAL = {
     "gpt2-medium/e2e-lora.yaml": ("gpt2", ["data.sources.0.path={shared}/data/e2e/devset.csv",
                                            "data.sources.0.columns={{prompt: mr, completion: ref}}",
                                            "data.eval_sources=[]", "data.eval_ratio=0.1"]),
+    "smollm2/alpaca-lora.yaml": ("chat", ["data.sources.0.path={shared}/data/llamafactory/alpaca_en_demo.json",
+                                          "data.chat_template_path={shared}/chat_templates/chat_templates/chatml.jinja"]),
+    "qwen/alpaca-qlora.yaml": ("chat", ["data.sources.0.path={shared}/data/llamafactory/alpaca_en_demo.json",
+                                        "data.chat_template_path={shared}/chat_templates/chat_templates/"
+                                        "qwen2.5-instruct.jinja", "train.optim=adamw_torch",
+                                        "train.gradient_checkpointing=false"]),
 }
 
 
@@ -74,7 +80,18 @@ def test_real_recipe_on_local_copy_with_tiny_model(name, tmp_path):
                      "model.config_overrides={n_layer: 1, n_embd: 64, n_head: 2}"],  # 4-bit blocks are 64 wide
             "t5": ["model.init=scratch", "model.tokenizer=bpe", "model.tokenizer_vocab_size=600",
                    "model.config_overrides={num_layers: 1, num_decoder_layers: 1, d_model: 32, d_ff: 64, "
-                   "num_heads: 2, d_kv: 16}"]}[arch]
+                   "num_heads: 2, d_kv: 16}"],
+            # the recipe's own architecture (offline config of the named checkpoint), shrunk; the real GPT-2
+            # tokenizer with ChatML's special tokens stands in for the checkpoint's tokenizer
+            "chat": ["model.init=scratch", f"model.tokenizer={tmp_path}/tok",
+                     "model.config_overrides={num_hidden_layers: 1, hidden_size: 64, intermediate_size: 128, "
+                     "num_attention_heads: 2, num_key_value_heads: 1}"]}[arch]
+    if arch == "chat":
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(f"{SHARED}/tokenizers/gpt2")
+        tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+        tok.save_pretrained(f"{tmp_path}/tok")
     overrides = [o.format(shared=SHARED, fixtures=FIXTURES) for o in data_overrides] + tiny + [
         f"train.output_dir={tmp_path}/out", "train.max_steps=2", "train.batch_size=2", "train.report_to=none",
         "data.max_samples=40", "data.max_eval_samples=4", "eval.before=false",
@@ -83,3 +100,9 @@ def test_real_recipe_on_local_copy_with_tiny_model(name, tmp_path):
     res = run_cli("train", path, *overrides)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert os.path.exists(f"{tmp_path}/out/metrics.json")
+    if arch == "chat":  # served right: the chat template and its end-of-turn stop travel with the adapter
+        from transformers import AutoTokenizer, GenerationConfig
+
+        saved = AutoTokenizer.from_pretrained(f"{tmp_path}/out")
+        assert "<|im_start|>" in saved.chat_template
+        assert saved.convert_tokens_to_ids("<|im_end|>") in GenerationConfig.from_pretrained(f"{tmp_path}/out").eos_token_id
