@@ -142,11 +142,17 @@ def get_tokenizer(recipe: Recipe, train_records: list[dict] | None, arch: str):
         tpl = get_template(recipe.data.template)
         texts = ["".join(t for t, _ in render_training(tpl, r["messages"], recipe.data.system_prompt))
                  for r in train_records]
-        return build_tokenizer(kind, texts, vocab_size=m.tokenizer_vocab_size, arch=arch)
-    tokenizer = load_tokenizer(kind, revision=m.revision if kind == m.name else None,
-                               trust_remote_code=m.trust_remote_code)
+        tokenizer = build_tokenizer(kind, texts, vocab_size=m.tokenizer_vocab_size, arch=arch)
+    else:
+        tokenizer = load_tokenizer(kind, revision=m.revision if kind == m.name else None,
+                                   trust_remote_code=m.trust_remote_code)
     if recipe.data.chat_template_path:
         tokenizer.chat_template = read_chat_template(recipe.data.chat_template_path)
+    from .data.templates import chat_template_for
+
+    builtin = chat_template_for(recipe.data.template, recipe.data.system_prompt)
+    if builtin is not None:  # saved with the model: servers then prompt it exactly as sft trained it
+        tokenizer.chat_template = builtin
     return tokenizer
 
 

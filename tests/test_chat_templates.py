@@ -143,3 +143,38 @@ def test_train_with_the_tokenizers_template_saves_it_and_stops_at_end_of_turn(tm
     prompt = saved.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     assert prompt.endswith("<|im_start|>assistant\n") and "You are Qwen" in prompt
     assert os.path.exists(out / "adapter_config.json")
+
+
+@pytest.mark.parametrize("name", ["alpaca", "chatml", "plain"])
+@pytest.mark.parametrize("system", [None, "Answer in one word.\nBe \"exact\"; café."])
+def test_builtin_templates_are_saved_as_chat_templates(name, system, tmp_path):
+    """Models trained with a built-in template carry it as a chat template: a server's
+    apply_chat_template(..., add_generation_prompt=True) feeds exactly the ids sft's eval and generate feed."""
+    from transformers import AutoTokenizer
+
+    from sft.data.pipeline import encode_prompts
+    from sft.data.templates import chat_template_for
+
+    tok = AutoTokenizer.from_pretrained(shared("tokenizers", "gpt2"))
+    tok.chat_template = chat_template_for(name, system)
+    tok.save_pretrained(tmp_path / "tok")
+    reloaded = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    with_input = [{"role": "user", "content": "Translate.", "input": "Bonjour"}]
+    for msgs in (CONVERSATION[:1], CONVERSATION[:3], [{"role": "system", "content": "Own system."}] + CONVERSATION[:3],
+                 with_input):
+        mine = encode_prompts([{"messages": msgs}], tok, name, arch="causal", system=system)[0]
+        theirs = _ids(reloaded.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True))
+        assert mine == theirs, (name, msgs)
+
+
+def test_a_trained_run_carries_its_template(trained_full):
+    from transformers import AutoTokenizer
+
+    from sft.data.pipeline import encode_prompts
+
+    saved = AutoTokenizer.from_pretrained(trained_full)
+    rows = [json.loads(x) for x in (trained_full / "predictions.jsonl").read_text().splitlines()]
+    for row in rows[:5]:
+        msgs = [m for m in row["messages"] if m["role"] != "assistant"]
+        mine = encode_prompts([{"messages": msgs}], saved, "alpaca", arch="causal")[0]
+        assert _ids(saved.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)) == mine

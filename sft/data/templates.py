@@ -288,6 +288,56 @@ def _render_bounded(tpl, name: str, variables: dict) -> str:
             signal.signal(signal.SIGALRM, old)
 
 
+# Built-in templates as tokenizer chat templates (saved with every model), rendering exactly the prompts sft
+# feeds the model: `apply_chat_template(messages, add_generation_prompt=True)` on the saved tokenizer equals
+# sft's prompt for the same messages. {SYSTEM} is the recipe's data.system_prompt (or none).
+_SYSTEMS = ("{%- set systems = messages | selectattr('role', 'equalto', 'system') | map(attribute='content') | list -%}"
+            "{%- set users = messages | selectattr('role', 'equalto', 'user') | list -%}")
+_INPUT = "{%- set inp = m['input'] if m['input'] is defined and m['input'] else '' -%}"  # sft records' input field
+BUILTIN_CHAT_TEMPLATES = {
+    "alpaca": _SYSTEMS + (
+        "{%- if systems -%}{{- systems[0] -}}{%- elif SYSTEM -%}{{- SYSTEM -}}"
+        "{%- elif users and users[0]['input'] is defined and users[0]['input'] -%}{{- WITH_INPUT -}}"
+        "{%- else -%}{{- NO_INPUT -}}{%- endif -%}{{- '\n\n' -}}"
+        "{%- for m in messages -%}" + _INPUT +
+        "{%- if m['role'] == 'user' -%}{{- '### Instruction:\n' + m['content'] + '\n\n' -}}"
+        "{%- if inp -%}{{- '### Input:\n' + inp + '\n\n' -}}{%- endif -%}{{- '### Response:\n' -}}"
+        "{%- elif m['role'] == 'tool' -%}{{- '### Observation:\n' + m['content'] + '\n\n### Response:\n' -}}"
+        "{%- elif m['role'] == 'assistant' -%}{{- m['content'] + (eos_token if loop.last else '\n\n') -}}"
+        "{%- endif -%}{%- endfor -%}"),
+    "chatml": _SYSTEMS + (
+        "{%- if SYSTEM and not systems -%}{{- '<|im_start|>system\n' + SYSTEM + '<|im_end|>\n' -}}{%- endif -%}"
+        "{%- for m in messages -%}" + _INPUT +
+        "{%- if m['role'] == 'assistant' -%}{{- '<|im_start|>assistant\n' + m['content'] + '<|im_end|>\n' -}}"
+        "{%- else -%}{{- '<|im_start|>' + m['role'] + '\n' + m['content'] + ('\n\n' + inp if inp else '') + "
+        "'<|im_end|>\n' -}}{%- endif -%}{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}"),
+    "plain": _SYSTEMS + (
+        "{%- if systems -%}{{- systems[0] + '\n\n' -}}{%- elif SYSTEM -%}{{- SYSTEM + '\n\n' -}}{%- endif -%}"
+        "{%- for m in messages -%}" + _INPUT + "{%- if m['role'] == 'assistant' -%}"
+        "{{- m['content'] + (eos_token if loop.last else '\n\n') -}}"
+        "{%- elif m['role'] != 'system' -%}{{- m['content'] + ('\n\n' + inp if inp else '') + '\n\n' -}}"
+        "{%- endif -%}{%- endfor -%}"),
+}
+
+
+def chat_template_for(spec: str, system: str | None) -> str | None:
+    """The chat template to save with a model trained with template `spec` (None: keep the tokenizer's)."""
+    if spec not in BUILTIN_CHAT_TEMPLATES:
+        return None
+    head = "{%- set SYSTEM = " + _jinja_str(system or "") + " -%}"
+    if spec == "alpaca":
+        head += ("{%- set NO_INPUT = " + _jinja_str(ALPACA_PROMPT_NO_INPUT) + " -%}{%- set WITH_INPUT = " +
+                 _jinja_str(ALPACA_PROMPT_INPUT) + " -%}")
+    return head + BUILTIN_CHAT_TEMPLATES[spec]
+
+
+def _jinja_str(text: str) -> str:
+    import json
+
+    return json.dumps(text)  # a JSON string literal is a valid Jinja string literal
+
+
 _CHAT: dict = {}
 
 
