@@ -145,7 +145,12 @@ def test_train_with_the_tokenizers_template_saves_it_and_stops_at_end_of_turn(tm
     assert os.path.exists(out / "adapter_config.json")
 
 
-@pytest.mark.parametrize("name", ["alpaca", "chatml", "plain"])
+JINJA = ("{% if system %}<<SYS>>{{ system }}<</SYS>>\n{% endif %}\n"
+         "{% for m in history %}\n  {{ m.role }}: {{ m.content }}\n{% endfor %}\n"
+         "### Task: {{ instruction }}{% if input %} [{{ input }}]{% endif %}\n### Answer:\n")
+
+
+@pytest.mark.parametrize("name", ["alpaca", "chatml", "plain", JINJA])
 @pytest.mark.parametrize("system", [None, "Answer in one word.\nBe \"exact\"; café."])
 def test_builtin_templates_are_saved_as_chat_templates(name, system, tmp_path):
     """Models trained with a built-in template carry it as a chat template: a server's
@@ -178,3 +183,18 @@ def test_a_trained_run_carries_its_template(trained_full):
         msgs = [m for m in row["messages"] if m["role"] != "assistant"]
         mine = encode_prompts([{"messages": msgs}], saved, "alpaca", arch="causal")[0]
         assert _ids(saved.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)) == mine
+
+
+def test_jinja_templates_train_every_assistant_turn_they_write():
+    from sft.data.templates import get_template
+
+    with_history = ("{% for m in history %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+                    "user: {{ instruction }}\nassistant: ")
+    segs = get_template(with_history).render(CONVERSATION, None)
+    assert [t for t, on in segs if on] == [" Blue. ", "Green"]  # the earlier answer, verbatim, and the final one
+    quiet = [CONVERSATION[0], {**CONVERSATION[1], "loss": False}, *CONVERSATION[2:]]
+    assert [t for t, on in get_template(with_history).render(quiet, None) if on] == ["Green"]
+    shouting = "{% for m in history %}{{ m.content | upper }}\n{% endfor %}{{ instruction }}\n"
+    assert [t for t, on in get_template(shouting).render(CONVERSATION, None) if on] == ["Green"]  # not verbatim
+    no_history = "Q: {{ instruction }}\nA: "
+    assert [t for t, on in get_template(no_history).render(CONVERSATION, None) if on] == ["Green"]

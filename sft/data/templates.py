@@ -96,7 +96,7 @@ TEMPLATES: dict[str, Template] = {t.name: t for t in [
 class JinjaTemplate:
     """A user template: renders the prompt from system / instruction / input / messages / history.
 
-    The final assistant message is the answer (the only trained segment).
+    The final assistant message is the answer; earlier answers the template writes verbatim are trained too.
     """
 
     source: str
@@ -113,16 +113,14 @@ class JinjaTemplate:
             raise RecipeError(f"template syntax error at line {e.lineno}: {e.message}", field="data.template",
                               fix="fix the Jinja template") from e
 
-    def render(self, messages: list[dict], system: str | None) -> list[Segment]:
+    def _prompt(self, context: list[dict], system: str | None) -> str:
         from jinja2.exceptions import SecurityError, UndefinedError
 
-        answer_idx = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
-        context = messages[:answer_idx]
         users = [m for m in context if m["role"] == "user"]
         last = users[-1] if users else {"content": "", "input": ""}
         sys_msgs = [m["content"] for m in context if m["role"] == "system"]
         try:
-            prompt = _render_bounded(self._tpl, self.name, dict(
+            return _render_bounded(self._tpl, self.name, dict(
                 system=sys_msgs[0] if sys_msgs else (system or ""), instruction=last["content"],
                 input=last.get("input", ""), messages=context, history=context[:-1] if users else []))
         except SecurityError as e:
@@ -138,9 +136,35 @@ class JinjaTemplate:
             raise RecipeError(f"template {self.name!r} failed while rendering ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:120] if str(e) else ''})", field="data.template",
                               fix="fix the template") from e
-        segs: list[Segment] = [(prompt, False)]
+
+    def render(self, messages: list[dict], system: str | None) -> list[Segment]:
+        """The prompt, then the final answer. Earlier answers the template writes into the prompt (through
+        `messages` or `history`) are trained too: each is located by rendering the prompt with two different
+        placeholders in its place, and kept as context if the template does not write it verbatim."""
+        answer_idx = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
+        context = messages[:answer_idx]
+        prompt = self._prompt(context, system)
+        spans = []
+        for j, m in enumerate(context):
+            if m["role"] != "assistant" or not m["content"] or not m.get("loss", True):
+                continue
+            a = self._prompt(context[:j] + [{**m, "content": "\x01" * len(m["content"])}] + context[j + 1:], system)
+            b = self._prompt(context[:j] + [{**m, "content": "\x02" * len(m["content"])}] + context[j + 1:], system)
+            start = _common_prefix(a, b)
+            end = start + len(m["content"])
+            if a.count("\x01") == len(m["content"]) and prompt[start:end] == m["content"] and \
+                    prompt[:start] == a[:start]:
+                spans.append((start, end))
+        segs: list[Segment] = []
+        pos = 0
+        for start, end in sorted(spans):
+            if start < pos:
+                continue
+            segs += [(prompt[pos:start], False), (prompt[start:end], True)]
+            pos = end
+        segs.append((prompt[pos:], False))
         if answer_idx < len(messages):
-            segs.append((messages[answer_idx]["content"], True))
+            segs.append((messages[answer_idx]["content"], messages[answer_idx].get("loss", True)))
         return segs
 
 
@@ -321,10 +345,35 @@ BUILTIN_CHAT_TEMPLATES = {
 }
 
 
+def _as_transformers_jinja(source: str) -> str:
+    """The same output under transformers' chat-template environment (trim_blocks, lstrip_blocks, no trailing
+    newline kept) as under sft's: `{%+ ... +%}` turns both off per tag, and a final no-op keeps the newline."""
+    import re
+
+    source = re.sub(r"\{%(?![-+])", "{%+", source)
+    source = re.sub(r"(?<![-+])%\}", "+%}", source)
+    return source + "{{ '' }}"
+
+
+_JINJA_WRAPPER = (  # sft's Jinja variables, from the chat messages (the prompt is for the last user turn)
+    "{%- set _sys = messages | selectattr('role', 'equalto', 'system') | map(attribute='content') | list -%}"
+    "{%- set _users = messages | selectattr('role', 'equalto', 'user') | list -%}"
+    "{%- set system = _sys[0] if _sys else SYSTEM -%}"
+    "{%- set instruction = _users[-1]['content'] if _users else '' -%}"
+    "{%- set input = (_users[-1]['input'] if _users and _users[-1]['input'] is defined else '') or '' -%}"
+    "{%- set history = messages[:-1] if _users else [] -%}")
+
+
 def chat_template_for(spec: str, system: str | None) -> str | None:
     """The chat template to save with a model trained with template `spec` (None: keep the tokenizer's)."""
-    if spec not in BUILTIN_CHAT_TEMPLATES:
+    if spec == "tokenizer":
         return None
+    if spec not in BUILTIN_CHAT_TEMPLATES:
+        tpl = get_template(spec)
+        if not isinstance(tpl, JinjaTemplate):
+            return None
+        return "{%- set SYSTEM = " + _jinja_str(system or "") + " -%}" + _JINJA_WRAPPER + _as_transformers_jinja(
+            tpl.source)
     head = "{%- set SYSTEM = " + _jinja_str(system or "") + " -%}"
     if spec == "alpaca":
         head += ("{%- set NO_INPUT = " + _jinja_str(ALPACA_PROMPT_NO_INPUT) + " -%}{%- set WITH_INPUT = " +
