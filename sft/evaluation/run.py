@@ -151,7 +151,7 @@ def evaluate_model(model, tokenizer, arch: str, records: list[dict], recipe: Rec
     if not records:
         raise EvalError("the eval split is empty", field="data.eval_ratio",
                         fix="set data.eval_ratio > 0 or add data.eval_sources")
-    e, d = recipe.eval, recipe.data
+    e = recipe.eval
     metrics_wanted = list(e.metrics)
     was_training = model.training
     model.eval()
@@ -160,6 +160,31 @@ def evaluate_model(model, tokenizer, arch: str, records: list[dict], recipe: Rec
     items = es.items
     rows = [{"task": it["task"], "prompt": it["prompt"], "messages": _prompt_messages(it["records"][0]),
              "references": it["references"]} for it in items]
+    with _autocast(model, recipe):
+        return _evaluate(model, tokenizer, arch, recipe, es, rows, metrics_wanted, was_training, label, progress)
+
+
+def _autocast(model, recipe: Recipe):
+    """On a GPU, evaluation computes in the run's mixed precision (sft/precision.py), as training did, instead
+    of in the fp32 master weights; on CPU (and with precision no) nothing changes."""
+    import contextlib
+
+    import torch
+
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from ..precision import for_recipe
+
+    p = for_recipe(recipe, getattr(model.config, "model_type", None))
+    if p.mode == "no":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=p.compute_dtype)
+
+
+def _evaluate(model, tokenizer, arch, recipe, es, rows, metrics_wanted, was_training, label, progress) -> dict:
+    e, d = recipe.eval, recipe.data
+    items = es.items
     overall: dict = {}
     if "perplexity" in metrics_wanted:
         nlls = sharded_nll(model, es, arch=arch, pad_id=tokenizer.pad_token_id, batch_size=e.batch_size)
