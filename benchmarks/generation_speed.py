@@ -36,7 +36,7 @@ def main():
     else:
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        from sft.data.tokenizer import build_tokenizer
+        from sft.tokenizer import build_tokenizer
 
         tok = build_tokenizer("bpe", [r["instruction"] + " " + r["input"] + " " + r["output"] for r in rows],
                               vocab_size=1200, arch="causal")

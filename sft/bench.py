@@ -23,6 +23,7 @@ from .errors import RecipeError
 from .evaluation.metrics import METRICS, display_name, key_info, table_keys
 from .evaluation.metrics import tolerance as registry_tolerance
 from .io import read_json, read_yaml, safe_name, write_bytes_atomic, write_json_atomic, write_text_atomic
+from . import rundir
 
 RUN_COLUMNS = ["run", "model", "method", "trainable params", "train time (s)", "tokens/s", "peak memory (MB)"]
 
@@ -119,7 +120,7 @@ def _fmt_params(n: int) -> str:
     return f"{n / 1e6:.3f}M" if n >= 1e5 else f"{n:,}"
 
 
-def run_matrix(spec: dict, out: str, *, bench_dir: str) -> list[dict]:
+def run_matrix(spec: dict, out: str, *, bench_dir: str, progress=None) -> list[dict]:
     rows = []
     runs = [(m, r, meth) for m, r in spec["recipes"].items() for meth in spec["methods"]]
     for i, (model_name, recipe_path, method) in enumerate(runs, 1):
@@ -127,7 +128,8 @@ def run_matrix(spec: dict, out: str, *, bench_dir: str) -> list[dict]:
         run_dir = os.path.join(out, "runs", name)
         rpath = _recipe_path(recipe_path, bench_dir)
         overrides = list(spec["overrides"]) + list(spec["methods"][method] or []) + [f"train.output_dir={run_dir}"]
-        print(f"[sft bench] ({i}/{len(runs)}) {name}: sft train {rpath} {' '.join(overrides)}", flush=True)
+        if progress:
+            progress(f"({i}/{len(runs)}) {name}: sft train {rpath} {' '.join(overrides)}")
         start = time.time()
         proc = subprocess.run([sys.executable, "-m", "sft", "train", rpath, "--overwrite", *overrides],
                               capture_output=True, text=True)
@@ -136,7 +138,7 @@ def run_matrix(spec: dict, out: str, *, bench_dir: str) -> list[dict]:
             errs = [ln for ln in lines if ln.startswith("sft: error") or "Error:" in ln] or lines[-1:] or ["?"]
             raise RecipeError(f"run {name} failed: {errs[-1].strip()}", field=f"recipes.{model_name} / "
                               f"methods.{method}", fix=f"run it alone: sft train {rpath} {' '.join(overrides)}")
-        metrics = read_json(os.path.join(run_dir, "metrics.json"))
+        metrics = read_json(os.path.join(run_dir, rundir.METRICS))
         t = metrics["train"]
         rows.append({"run": name, "model": model_name, "method": method, "trainable_params": t["trainable_params"],
                      "total_params": t["total_params"], "train_time_s": t["train_runtime_s"],
@@ -223,7 +225,7 @@ def write_outputs(out: str, spec: dict, rows: list[dict]) -> None:
                                     png_bytes, read_training_log, training_curves_figure)
 
     keys = metric_keys(rows)
-    logs = {r["run"]: read_training_log(os.path.join(r["run_dir"], "train_log.jsonl")) for r in rows}
+    logs = {r["run"]: read_training_log(os.path.join(r["run_dir"], rundir.TRAIN_LOG)) for r in rows}
     loss_png = png_bytes(loss_curve_figure({name: log["loss"] for name, log in logs.items()}), dpi=110)
     metrics_png = png_bytes(metric_bars_figure({r["run"]: r["metrics"] for r in rows}, keys,
                                                f"{spec['name']}: metrics per run (eval split)"), dpi=110)
@@ -252,10 +254,13 @@ def write_outputs(out: str, spec: dict, rows: list[dict]) -> None:
         "<h2>Metrics</h2>" + img_tag(metrics_png, "metrics"),
         *[f"<h2>{name}: evaluation during training</h2>" + img_tag(png, f"{name} curves")
           for name, png in eval_pngs.items()]])
-    write_text_atomic(os.path.join(out, "report.html"), page)
+    write_text_atomic(os.path.join(out, rundir.REPORT_HTML), page)
 
 
-def bench_command(path: str, *, out: str | None = None, check_ref: str | None = None) -> int:
+def run_bench(path: str, *, out: str | None = None, check_ref: str | None = None,
+              progress=None) -> tuple[list[dict], str, list[str] | None]:
+    """Run the spec's matrix and write its outputs; returns (rows, out, problems against check_ref or None).
+    `progress(line)` is told about each run as it starts (a long job shows progress)."""
     spec = load_bench(path)
     reference_text = None
     if check_ref:  # read first: --out may be the reference's own folder
@@ -269,16 +274,6 @@ def bench_command(path: str, *, out: str | None = None, check_ref: str | None = 
     validate_runs(spec, path, bench_dir, reference_text)
     out = out or os.path.join("outputs", "bench", spec["name"])
     os.makedirs(out, exist_ok=True)
-    rows = run_matrix(spec, out, bench_dir=bench_dir)
+    rows = run_matrix(spec, out, bench_dir=bench_dir, progress=progress)
     write_outputs(out, spec, rows)
-    print(table(rows))
-    print(f"[sft bench] wrote {out}/results.md, results.json, loss_curves.png, metrics.png, report.html")
-    if check_ref:
-        problems = check(rows, reference_text, spec["tolerance"])
-        if problems:
-            print(f"[sft bench] CHECK FAILED against {check_ref}:", file=sys.stderr)
-            for p in problems:
-                print(f"  {p}", file=sys.stderr)
-            return 1
-        print(f"[sft bench] check passed against {check_ref}")
-    return 0
+    return rows, out, check(rows, reference_text, spec["tolerance"]) if check_ref else None

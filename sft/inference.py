@@ -18,10 +18,11 @@ from .data.templates import get_template
 from .errors import DataError, RecipeError
 from .evaluation.generate import generate_batched
 from .recipe import GenerationConfig, Recipe, load_recipe
+from . import rundir
 
 
-def _run_recipe(model_dir: str) -> Recipe:
-    path = os.path.join(model_dir, "recipe.yaml")
+def run_recipe(model_dir: str) -> Recipe:
+    path = os.path.join(model_dir, rundir.RECIPE)
     if os.path.exists(path):
         return load_recipe(path)
     from .recipe import recipe_from_dict
@@ -29,7 +30,7 @@ def _run_recipe(model_dir: str) -> Recipe:
     return recipe_from_dict({"data": {"sources": [{"path": "builtin:synthetic"}]}}, path=path)
 
 
-def _generation(recipe: Recipe, overrides: dict) -> GenerationConfig:
+def generation_settings(recipe: Recipe, overrides: dict) -> GenerationConfig:
     """The run's decoding settings with command-line overrides, range-checked like the recipe."""
     from .recipe import _check_range
 
@@ -113,8 +114,9 @@ def _read_inputs(path: str) -> list[dict]:
     return rows
 
 
-def generate_command(model_dir: str, input_path: str, out_path: str, gen_overrides: dict,
-                     batch_size: int | None = None) -> list[dict]:
+def generate_rows(model_dir: str, input_path: str, out_path: str, gen_overrides: dict,
+                  batch_size: int | None = None) -> tuple[list[dict], int]:
+    """Each input row with its `prediction`, and how many prompts were left-truncated to fit the context."""
     from .modeling import load_for_inference
 
     if input_path != "-" and not os.path.exists(input_path):
@@ -123,8 +125,8 @@ def generate_command(model_dir: str, input_path: str, out_path: str, gen_overrid
         raise DataError("--out is a directory", file=out_path, field="--out", fix="pass a file path, e.g. preds.jsonl")
     if batch_size is not None and batch_size < 1:
         raise RecipeError(f"--batch-size must be at least 1 (got {batch_size})", field="--batch-size")
-    recipe = _run_recipe(model_dir)
-    gen = _generation(recipe, gen_overrides)
+    recipe = run_recipe(model_dir)
+    gen = generation_settings(recipe, gen_overrides)
     rows = _read_inputs(input_path)
     records = [{"messages": row_to_messages(r, i + 1, input_path, recipe.data.clean.normalize), "task": "",
                 "source": ""} for i, r in enumerate(rows)]
@@ -132,58 +134,15 @@ def generate_command(model_dir: str, input_path: str, out_path: str, gen_overrid
     prompts = encode_prompts(records, tokenizer, recipe.data.template, arch=arch, system=recipe.data.system_prompt)
     fitted = [_fit(p, model, arch, gen, tokenizer.eos_token_id) for p in prompts]
     cut = sum(c for _, c in fitted)
-    if cut:
-        print(f"[sft] note: {cut} prompt(s) left-truncated to fit the model context", file=sys.stderr, flush=True)
     stops = tuple(get_template(recipe.data.template, tokenizer).stop)
     preds = generate_batched(model, tokenizer, [p for p, _ in fitted], arch=arch, gen=gen,
                              batch_size=batch_size or recipe.eval.batch_size, stops=stops)
-    out_rows = [{**row, "prediction": p} for row, p in zip(rows, preds)]
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out_rows)
-    if out_path == "-":
-        sys.stdout.write(text)
-    else:
-        from .io import write_text_atomic
-
-        write_text_atomic(out_path, text)
-    return out_rows
+    return [{**row, "prediction": p} for row, p in zip(rows, preds)], cut
 
 
-class _StopStreamer:
-    """TextStreamer that stops printing at the template's stop marker."""
-
-    def __init__(self, tokenizer, stops: tuple[str, ...], prefix: str):
-        from transformers import TextStreamer
-
-        outer = self
-
-        class _S(TextStreamer):
-            def on_finalized_text(self, text: str, stream_end: bool = False):
-                outer.feed(text, stream_end)
-
-        self.streamer = _S(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        self.stops, self.prefix, self.text, self.printed, self.done = stops, prefix, "", 0, False
-        self.started = False
-
-    def feed(self, text: str, end: bool) -> None:
-        if not self.started:
-            print(self.prefix, end="", flush=True)
-            self.started = True
-        self.text += text
-        shown = self.text
-        for s in self.stops:
-            if s in shown:
-                shown = shown[: shown.index(s)]
-                self.done = True
-        # hold back a possible partial stop marker
-        hold = 0 if (end or self.done) else max((len(s) - 1 for s in self.stops), default=0)
-        upto = max(self.printed, len(shown) - hold)
-        print(shown[self.printed: upto], end="", flush=True)
-        self.printed = upto
-        if end:
-            print(flush=True)
-
-
-def _answer(model, tokenizer, arch, recipe, messages, gen, stream_prefix: str | None) -> str:
+def answer(model, tokenizer, arch, recipe, messages, gen, streamer=None) -> tuple[str, bool]:
+    """The model's reply to a conversation in the run's template, and whether the conversation was
+    left-truncated to fit the context. `streamer`: a transformers streamer that shows tokens as they come."""
     import torch
 
     from .evaluation.generate import cut_at_stop, generation_kwargs, stop_token_ids
@@ -192,58 +151,15 @@ def _answer(model, tokenizer, arch, recipe, messages, gen, stream_prefix: str | 
     ids = encode_prompts([{"messages": messages, "task": "", "source": ""}], tokenizer, recipe.data.template,
                          arch=arch, system=recipe.data.system_prompt)[0]
     ids, cut = _fit(ids, model, arch, gen, tokenizer.eos_token_id)
-    if cut:
-        print("(note: the conversation was left-truncated to fit the model context)", flush=True)
     device = next(model.parameters()).device
     inp = torch.tensor([ids], device=device)
-    streamer = _StopStreamer(tokenizer, stops, stream_prefix) if stream_prefix is not None else None
     with torch.no_grad():
         out = model.generate(input_ids=inp, attention_mask=torch.ones_like(inp), pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=stop_token_ids(tokenizer, stops), streamer=streamer.streamer if streamer else None,
+                             eos_token_id=stop_token_ids(tokenizer, stops), streamer=streamer,
                              **generation_kwargs(gen))
     new = out[0, inp.shape[1]:] if arch == "causal" else out[0]
-    return cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), stops)
+    return cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), stops), bool(cut)
 
 
-def chat_command(model_dir: str, *, compare: str | None = None, gen: dict | None = None,
-                 stdin=None, out=None) -> None:
-    """Interactive chat. Commands: /reset clears the history, /exit quits. Reads stdin line by line."""
-    from .modeling import load_for_inference
-
-    stdin = stdin or sys.stdin
-    recipe = _run_recipe(model_dir)
-    g = _generation(recipe, gen or {})
-    model, tokenizer, arch = load_for_inference(model_dir)
-    base = None
-    if compare:
-        base = load_for_inference(compare)
-        base_recipe = _run_recipe(compare) if os.path.exists(os.path.join(compare, "recipe.yaml")) else recipe
-    print(f"sft chat: {model_dir} (template {recipe.data.template}); /reset clears history, /exit quits", flush=True)
-    history: list[dict] = []
-    base_history: list[dict] = []
-    interactive = stdin.isatty()
-    while True:
-        if interactive:
-            print("you> ", end="", flush=True)
-        line = stdin.readline()
-        if not line:
-            break
-        text = line.strip()
-        if not text:
-            continue
-        if text == "/exit":
-            break
-        if text == "/reset":
-            history, base_history = [], []
-            print("(history cleared)", flush=True)
-            continue
-        if not interactive:
-            print(f"you> {text}", flush=True)
-        history.append({"role": "user", "content": normalise_text(text, recipe.data.clean.normalize)})
-        answer = _answer(model, tokenizer, arch, recipe, history, g, stream_prefix="model> ")
-        history.append({"role": "assistant", "content": answer})
-        if base is not None:
-            base_history.append({"role": "user", "content": text})
-            b_answer = _answer(base[0], base[1], base[2], base_recipe, base_history, g, stream_prefix="base> ")
-            base_history.append({"role": "assistant", "content": b_answer})
-    print("bye", flush=True)
+def template_stops(recipe, tokenizer) -> tuple[str, ...]:
+    return tuple(get_template(recipe.data.template, tokenizer).stop)

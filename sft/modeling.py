@@ -13,6 +13,7 @@ from .recipe import ModelConfig, Recipe
 
 from .families import SCRATCH as KNOWN_CONFIGS  # public configs for offline `init: scratch` (one table)
 from .families import family_of, trainer_path
+from . import rundir
 
 _CONFIGS: dict = {}
 
@@ -126,7 +127,7 @@ def resolve_arch(cfg: ModelConfig) -> str:
 
 def get_tokenizer(recipe: Recipe, train_records: list[dict] | None, arch: str):
     """The recipe's tokenizer; 'bpe'/'byte' are built from the rendered training texts (cached)."""
-    from .data.tokenizer import BUILT, build_tokenizer, load_tokenizer
+    from .tokenizer import BUILT, build_tokenizer, load_tokenizer
 
     m = recipe.model
     kind = m.tokenizer or m.name
@@ -363,13 +364,13 @@ def load_for_inference(output_dir: str, *, device: str | None = None, dtype: tor
     from peft import PeftConfig, PeftModel
     from transformers import AutoConfig
 
-    from .data.tokenizer import load_tokenizer
+    from .tokenizer import load_tokenizer
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if not os.path.isdir(output_dir):
         raise ModelError("model directory not found", file=output_dir, fix="pass a training output_dir or a model folder")
-    adapter_cfg = os.path.join(output_dir, "adapter_config.json")
-    if not os.path.exists(adapter_cfg) and not os.path.exists(os.path.join(output_dir, "config.json")):
+    adapter_cfg = os.path.join(output_dir, rundir.ADAPTER_CONFIG)
+    if not os.path.exists(adapter_cfg) and not os.path.exists(os.path.join(output_dir, rundir.MODEL_CONFIG)):
         unfinished = any(d.startswith("checkpoint-") for d in os.listdir(output_dir))
         raise ModelError("no trained model here (no config.json or adapter_config.json)", file=output_dir,
                          fix="the run did not finish: continue it with sft train RECIPE --resume" if unfinished

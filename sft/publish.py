@@ -15,17 +15,18 @@ import yaml
 from .errors import PublishError
 from .io import read_json, write_text_atomic
 from .recipe import Recipe, load_recipe
+from . import rundir
 
-WEIGHT_FILES = ("adapter_model.safetensors", "adapter_config.json", "model.safetensors", "config.json",
-                "generation_config.json", "model.safetensors.index.json")
+WEIGHT_FILES = ("adapter_model.safetensors", rundir.ADAPTER_CONFIG, "model.safetensors", rundir.MODEL_CONFIG,
+                rundir.GENERATION_CONFIG, "model.safetensors.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
                    "spiece.model", "added_tokens.json", "chat_template.jinja")
-EXTRA_FILES = ("recipe.yaml", "metrics.json", "train_summary.json", "eval_report.md")
+EXTRA_FILES = (rundir.RECIPE, rundir.METRICS, rundir.TRAIN_SUMMARY, rundir.EVAL_REPORT)
 
 
 
 def _is_adapter(output_dir: str) -> bool:
-    return os.path.exists(os.path.join(output_dir, "adapter_config.json"))
+    return os.path.exists(os.path.join(output_dir, rundir.ADAPTER_CONFIG))
 
 
 def _hub_datasets(recipe: Recipe) -> list[str]:
@@ -37,8 +38,8 @@ def _hub_datasets(recipe: Recipe) -> list[str]:
 def model_card(output_dir: str, repo_id: str | None, license: str = "apache-2.0") -> str:
     """README.md with YAML front matter (base_model, datasets, library_name, pipeline_tag, tags, license,
     model-index from metrics.json) and a body: recipe, data, hyperparameters, metrics, how to load."""
-    recipe = load_recipe(os.path.join(output_dir, "recipe.yaml"))
-    metrics_path = os.path.join(output_dir, "metrics.json")
+    recipe = load_recipe(os.path.join(output_dir, rundir.RECIPE))
+    metrics_path = os.path.join(output_dir, rundir.METRICS)
     metrics = read_json(metrics_path) if os.path.exists(metrics_path) else None
     adapter = _is_adapter(output_dir)
     arch = (metrics or {}).get("model", {}).get("arch")
@@ -122,15 +123,15 @@ def check_destination(src: str, dest: str, flag: str) -> None:
                            fix="choose a new folder, e.g. outputs/merged")
     if os.path.exists(dest) and not os.path.isdir(dest):
         raise PublishError(f"{flag} is a file, not a folder", file=dest, field=flag, fix="choose a folder path")
-    if os.path.isdir(dest) and os.listdir(dest) and not os.path.exists(os.path.join(dest, "README.md")) \
-            and not os.path.exists(os.path.join(dest, "config.json")):
+    if os.path.isdir(dest) and os.listdir(dest) and not os.path.exists(os.path.join(dest, rundir.CARD)) \
+            and not os.path.exists(os.path.join(dest, rundir.MODEL_CONFIG)):
         raise PublishError(f"{flag} already holds other files", file=dest, field=flag,
                            fix="choose a new or empty folder (sft does not write into folders it did not make)")
 
 
 def stage(output_dir: str, dest: str, repo_id: str | None, license: str = "apache-2.0") -> list[str]:
     """Copy exactly what would be uploaded into `dest`; returns the relative paths."""
-    if not os.path.exists(os.path.join(output_dir, "recipe.yaml")):
+    if not os.path.exists(os.path.join(output_dir, rundir.RECIPE)):
         raise PublishError("not a training output directory (no recipe.yaml)", file=output_dir,
                            fix="pass the train.output_dir of a finished sft train run")
     if not any(os.path.exists(os.path.join(output_dir, f)) for f in ("adapter_model.safetensors", "model.safetensors",
@@ -147,21 +148,20 @@ def stage(output_dir: str, dest: str, repo_id: str | None, license: str = "apach
     if _is_adapter(output_dir) and os.path.isdir(base):  # scratch base: the adapter needs it to load
         shutil.copytree(base, os.path.join(dest, "base_model"), dirs_exist_ok=True)
         copied += [f"base_model/{f}" for f in sorted(os.listdir(base))]
-    write_text_atomic(os.path.join(dest, "README.md"), model_card(output_dir, repo_id, license))
-    copied.append("README.md")
+    write_text_atomic(os.path.join(dest, rundir.CARD), model_card(output_dir, repo_id, license))
+    copied.append(rundir.CARD)
     return copied
 
 
-def push_command(output_dir: str, *, repo_id: str | None, private: bool = True, revision: str | None = None,
-                 to_dir: str | None = None) -> list[str]:
-    recipe = load_recipe(os.path.join(output_dir, "recipe.yaml")) if os.path.exists(
-        os.path.join(output_dir, "recipe.yaml")) else None
+def push(output_dir: str, *, repo_id: str | None, private: bool = True, revision: str | None = None,
+         to_dir: str | None = None) -> tuple[list[str], str]:
+    """Upload (or with `to_dir`, stage) a run; returns (files, where they went)."""
+    recipe = load_recipe(os.path.join(output_dir, rundir.RECIPE)) if os.path.exists(
+        os.path.join(output_dir, rundir.RECIPE)) else None
     license = recipe.hub.license if recipe else "apache-2.0"
     if to_dir:
         check_destination(output_dir, to_dir, "--to-dir")
-        files = stage(output_dir, to_dir, repo_id, license)
-        print(f"[sft] wrote {len(files)} files to {to_dir}: {', '.join(files)}")
-        return files
+        return stage(output_dir, to_dir, repo_id, license), to_dir
     if not repo_id:
         raise PublishError("no repository id", field="--repo-id / hub.repo_id", fix="pass --repo-id OWNER/NAME")
     from huggingface_hub import HfApi, get_token
@@ -183,8 +183,7 @@ def push_command(output_dir: str, *, repo_id: str | None, private: bool = True, 
             raise PublishError(f"upload to {repo_id!r} failed ({type(e).__name__}: {str(e).splitlines()[0][:160]})",
                                field="--repo-id", fix="check the repo id, your token's write access and the network"
                                ) from e
-    print(f"[sft] pushed {len(files)} files to https://huggingface.co/{repo_id}")
-    return files
+    return files, f"https://huggingface.co/{repo_id}"
 
 
 def merge_adapter(output_dir: str, out: str) -> str:
@@ -200,11 +199,13 @@ def merge_adapter(output_dir: str, out: str) -> str:
     model, tokenizer, arch = load_for_inference(output_dir, device="cpu", dtype=torch.float32)
     merged = model.merge_and_unload()
     merged.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    if os.path.exists(os.path.join(output_dir, "recipe.yaml")):
-        recipe = load_recipe(os.path.join(output_dir, "recipe.yaml"))
+    tokenizer.save_pretrained(out)  # with the run's chat template
+    gen = os.path.join(output_dir, rundir.GENERATION_CONFIG)
+    if os.path.exists(gen):  # the run's stop tokens (EOS + end of turn), not the base's
+        shutil.copyfile(gen, os.path.join(out, rundir.GENERATION_CONFIG))
+    if os.path.exists(os.path.join(output_dir, rundir.RECIPE)):
+        recipe = load_recipe(os.path.join(output_dir, rundir.RECIPE))
         recipe.lora.enabled = False
         recipe.quantization.load_in_4bit = recipe.quantization.load_in_8bit = False
-        write_text_atomic(os.path.join(out, "recipe.yaml"), recipe.to_yaml())
-    print(f"[sft] merged adapter into its base: {out}")
+        write_text_atomic(os.path.join(out, rundir.RECIPE), recipe.to_yaml())
     return out

@@ -29,18 +29,38 @@ TRAIN_SUMMARY = "train_summary.json"
 EVAL_BEFORE = "eval_before.json"
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.jsonl"
+EVAL_REPORT = "eval_report.md"
+REPORT_HTML = "report.html"
+CURVES = "training_curves.png"
+CARD = "README.md"
+ADAPTER_CONFIG = "adapter_config.json"
+MODEL_CONFIG = "config.json"
+GENERATION_CONFIG = "generation_config.json"
 
 # Everything sft (or the Trainer, tokenizer and peft under it) writes into a run directory.
 OWN_FILES = {
-    MARKER, LOCK, RECIPE, FINGERPRINT, TRAIN_LOG, TRAIN_SUMMARY, EVAL_BEFORE, METRICS, PREDICTIONS, "eval_report.md",
-    "report.html", "training_curves.png", "trainer_state.json", "training_args.bin", "config.json",
-    "generation_config.json", "model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
-    "adapter_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-    "merges.txt", "spiece.model", "added_tokens.json", "chat_template.jinja", "README.md", "all_results.json",
+    MARKER, LOCK, RECIPE, FINGERPRINT, TRAIN_LOG, TRAIN_SUMMARY, EVAL_BEFORE, METRICS, PREDICTIONS, EVAL_REPORT,
+    REPORT_HTML, CURVES, "trainer_state.json", "training_args.bin", MODEL_CONFIG,
+    GENERATION_CONFIG, "model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
+    ADAPTER_CONFIG, "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+    "merges.txt", "spiece.model", "added_tokens.json", "chat_template.jinja", CARD, "all_results.json",
     "train_results.json", "runs", "base_model", "eval-base",
 }
 OWN_PATTERNS = (re.compile(r"checkpoint-\d+"), re.compile(r"model-\d+-of-\d+\.safetensors"),
                 re.compile(r"\..+\.tmp"), re.compile(r".+\.tmp\d+"))
+
+
+class RunDir:
+    """One run's output folder: every file sft writes there is named here (`RunDir(out).metrics`, ...)."""
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def __getattr__(self, key: str) -> str:
+        name = globals().get(key.upper())
+        if not isinstance(name, str) or key.startswith("_"):
+            raise AttributeError(key)
+        return os.path.join(self.root, name)
 
 
 def is_own(name: str) -> bool:

@@ -58,7 +58,7 @@ def tiny_generator(tmp_path_factory):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from sft.data.tokenizer import build_tokenizer
+    from sft.tokenizer import build_tokenizer
 
     d = tmp_path_factory.mktemp("gen")
     tok = build_tokenizer("byte", [], vocab_size=300, arch="causal")

@@ -58,7 +58,7 @@ def test_custom_jinja_template_and_sandbox():
 
 
 def test_training_prompt_tokens_equal_inference_prompt_tokens(tmp_path):
-    from sft.data.tokenizer import build_tokenizer
+    from sft.tokenizer import build_tokenizer
 
     recs = [{"messages": ALPACA_IN, "task": "t", "source": "s"}]
     for arch in ("causal", "seq2seq"):
@@ -137,7 +137,7 @@ def test_dirty_fixture_drop_counts():
 
 
 def test_overlong_drop_and_trim_are_counted():
-    from sft.data.tokenizer import build_tokenizer
+    from sft.tokenizer import build_tokenizer
 
     recs = [{"messages": [{"role": "user", "content": "word " * 50}, {"role": "assistant", "content": "ok"}],
              "task": "t", "source": "s"},

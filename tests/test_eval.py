@@ -35,7 +35,7 @@ def test_perplexity_matches_hand_computation():
 
 
 def test_batched_generation_equals_one_at_a_time():
-    from sft.data.tokenizer import build_tokenizer
+    from sft.tokenizer import build_tokenizer
 
     tok = build_tokenizer("byte", [], vocab_size=300, arch="causal")
     model = _tiny_gpt2()

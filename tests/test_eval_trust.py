@@ -30,7 +30,7 @@ def _tiny_model(n_positions=256, vocab=None):
 
 def _setup(tmp_path, sources, **data):
     from sft.data.pipeline import load_splits
-    from sft.data.tokenizer import build_tokenizer
+    from sft.tokenizer import build_tokenizer
     from sft.recipe import recipe_from_dict
 
     r = recipe_from_dict(tiny_recipe("gpt2", tmp_path / "out", data__sources=sources, **data))

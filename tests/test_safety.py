@@ -188,7 +188,7 @@ def test_eval_of_a_run_scores_its_own_split_or_says_the_data_changed(tmp_path):
     from sft.recipe import recipe_from_dict
     from sft.rundir import FINGERPRINT, data_fingerprint
     from sft.data.pipeline import load_splits
-    from sft.data.tokenizer import build_tokenizer
+    from sft.tokenizer import build_tokenizer
 
     data = tmp_path / "d.jsonl"
     rows = _alpaca_file(data)

@@ -223,7 +223,7 @@ def test_trust_remote_code_warns_and_pickle_needs_opt_in(tmp_path):
 
     from sft.errors import ModelError
     from sft.modeling import load_model
-    from sft.data.tokenizer import build_tokenizer
+    from sft.tokenizer import build_tokenizer
 
     tok = build_tokenizer("byte", [], vocab_size=300, arch="causal")
     r = recipe_from_dict(tiny_recipe("gpt2", tmp_path / "o", model__trust_remote_code=True), path="t.yaml")

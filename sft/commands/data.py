@@ -22,7 +22,22 @@ def segments(feature: dict, arch: str) -> list[tuple[str, list[int]]]:
     return runs
 
 
-def run(recipe: Recipe, show: int = 3) -> dict:
+def add_parser(sub) -> None:
+    from ._args import add_recipe_args
+
+    p = sub.add_parser("data", help="load, clean, format and tokenise a recipe's data; print examples and stats")
+    add_recipe_args(p)
+    p.add_argument("--show", type=int, default=3, help="rendered examples to print")
+
+
+def run(args) -> int:
+    from ..recipe import load_recipe
+
+    report(load_recipe(args.recipe, args.overrides), show=args.show)
+    return 0
+
+
+def report(recipe: Recipe, show: int = 3) -> dict:
     arch = resolve_arch(recipe.model)
     prep = prepare_data(recipe, arch)
     d, enc, tokenizer = recipe.data, prep.train, prep.tokenizer

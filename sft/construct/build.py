@@ -290,7 +290,7 @@ def datacard(spec: dict, splits: dict, drops: Counter, licences: list, si_stats:
     return "\n".join(lines)
 
 
-def build_data_command(spec_path: str, out: str) -> dict:
+def build_data(spec_path: str, out: str) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -317,7 +317,4 @@ def build_data_command(spec_path: str, out: str) -> dict:
                            for t in sorted({r["task"] for r in kept})},
               "self_instruct": si_stats}
     write_json_atomic(os.path.join(out, "build_report.json"), report)
-    print(f"[sft build-data] {len(records)} generated -> {len(kept)} kept "
-          f"({', '.join(f'{k} {len(v)}' for k, v in splits.items())}); drops: {dict(drops) or 'none'}")
-    print(f"[sft build-data] wrote {out}/{{{','.join(splits)}}}.jsonl/.parquet, DATACARD.md, build_report.json")
     return report

@@ -11,6 +11,7 @@ import os
 
 from ..io import write_bytes_atomic, write_text_atomic
 from .metrics import METRICS, display_name, higher_is_better, key_info
+from .. import rundir
 
 
 def _metric_order() -> list[str]:
@@ -276,7 +277,7 @@ def write_html_report(path: str, metrics: dict, predictions: list[dict], *, trai
     if log["loss"] or log["eval"]:
         best = (metrics.get("train") or {}).get("best") or {}
         png = png_bytes(training_curves_figure(log, best.get("step")), dpi=110)
-        write_bytes_atomic(os.path.join(os.path.dirname(os.path.abspath(path)), "training_curves.png"), png)
+        write_bytes_atomic(os.path.join(os.path.dirname(os.path.abspath(path)), rundir.CURVES), png)
         sections.append("<h2>Training curves</h2>" + img_tag(png, "training and eval loss over steps"))
     bar_keys = [k for k in ("bleu", "rougeL", "exact_match") if k in keys] or \
         [k for k in keys if k != "perplexity"][:3]

@@ -14,7 +14,6 @@ BLEU is 0-100 (sacrebleu); ROUGE F1 and exact match are 0-1 means; perplexity is
 from __future__ import annotations
 
 import os
-import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -164,6 +163,12 @@ def evaluate_model(model, tokenizer, arch: str, records: list[dict], recipe: Rec
         return _evaluate(model, tokenizer, arch, recipe, es, rows, metrics_wanted, was_training, label, progress)
 
 
+def note_lines(metrics: dict) -> list[str]:
+    """One line per eval example not scored or truncated, for the caller to show."""
+    return [f"note: {n} eval example(s): {reason}"
+            for reason, n in {**metrics.get("not_scored", {}), **metrics.get("truncated", {})}.items()]
+
+
 def _autocast(model, recipe: Recipe):
     """On a GPU, evaluation computes in the run's mixed precision (sft/precision.py), as training did, instead
     of in the fp32 master weights; on CPU (and with precision no) nothing changes."""
@@ -204,9 +209,6 @@ def _evaluate(model, tokenizer, arch, recipe, es, rows, metrics_wanted, was_trai
         for row, p, s in zip(rows, preds, per_sample):
             row["prediction"] = p
             row["scores"] = s
-    if rank_world()[0] == 0:
-        for reason, n in {**es.not_scored, **es.truncated}.items():
-            print(f"[sft] note: {n} eval example(s): {reason}", file=sys.stderr, flush=True)
     per_task = {}
     by_task = defaultdict(list)
     for i, r in enumerate(rows):
@@ -251,16 +253,16 @@ def write_eval_outputs(out: str, recipe: Recipe, result: dict, *, before: dict |
     if train_summary is not None:
         metrics["train"] = {k: v for k, v in train_summary.items() if k != "data"}
     os.makedirs(out, exist_ok=True)
-    write_json_atomic(os.path.join(out, "metrics.json"), metrics)
+    write_json_atomic(os.path.join(out, rundir.METRICS), metrics)
     preds = result["predictions"]
     if before is not None and before.get("predictions"):
         for row, b in zip(preds, before["predictions"]):
             if "prediction" in b:
                 row["before_prediction"] = b["prediction"]
-    write_jsonl_atomic(os.path.join(out, "predictions.jsonl"), preds)
-    write_text_atomic(os.path.join(out, "eval_report.md"), render_eval_report(metrics))
-    write_html_report(os.path.join(out, "report.html"), metrics, preds,
-                      train_log=os.path.join(out, "train_log.jsonl"))
+    write_jsonl_atomic(os.path.join(out, rundir.PREDICTIONS), preds)
+    write_text_atomic(os.path.join(out, rundir.EVAL_REPORT), render_eval_report(metrics))
+    write_html_report(os.path.join(out, rundir.REPORT_HTML), metrics, preds,
+                      train_log=os.path.join(out, rundir.TRAIN_LOG))
     return metrics
 
 
@@ -285,7 +287,7 @@ def saved_split(target: str, recipe: Recipe, split: str) -> list[dict]:
     return [pool[i] for i in ids]
 
 
-def eval_command(target: str, overrides: list[str], *, split: str = "eval", max_samples: int | None = None,
+def evaluate_target(target: str, overrides: list[str], *, split: str = "eval", max_samples: int | None = None,
                  out: str | None = None) -> tuple[str, dict]:
     """Score a recipe's base model (target = recipe file) or a training output directory."""
     from ..modeling import get_tokenizer, load_for_inference, load_model, resolve_arch
@@ -295,7 +297,7 @@ def eval_command(target: str, overrides: list[str], *, split: str = "eval", max_
     if split not in ("eval", "validation", "test", "train"):
         raise EvalError(f"unknown split {split!r}", field="--split", fix="use eval, test or train")
     if os.path.isdir(target):
-        recipe_path = os.path.join(target, "recipe.yaml")
+        recipe_path = os.path.join(target, rundir.RECIPE)
         if not os.path.exists(recipe_path):
             raise EvalError("not a training output directory (no recipe.yaml)", file=target,
                             fix="pass a recipe file or an sft train output_dir")

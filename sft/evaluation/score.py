@@ -9,6 +9,7 @@ from collections import defaultdict
 from ..errors import EvalError
 from ..io import write_json_atomic, write_text_atomic
 from .metrics import METRICS, check_metric_names, score_texts
+from .. import rundir
 
 SCHEMA = "sft.metrics/v1"
 
@@ -99,5 +100,5 @@ def write_score_outputs(out: str, metrics: dict) -> None:
 
     if os.path.exists(out) and not os.path.isdir(out):
         raise EvalError("--out is a file, not a folder", file=out, field="--out")
-    write_json_atomic(os.path.join(out, "metrics.json"), metrics)
-    write_text_atomic(os.path.join(out, "eval_report.md"), render_eval_report(metrics))
+    write_json_atomic(os.path.join(out, rundir.METRICS), metrics)
+    write_text_atomic(os.path.join(out, rundir.EVAL_REPORT), render_eval_report(metrics))

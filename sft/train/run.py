@@ -270,7 +270,7 @@ def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -
         write_text_atomic(os.path.join(out, rundir.RECIPE), recipe.to_yaml())
         write_json_atomic(os.path.join(out, rundir.FINGERPRINT), fingerprint)
 
-    from ..evaluation.run import evaluate_model, write_eval_outputs
+    from ..evaluation.run import evaluate_model, note_lines, write_eval_outputs
 
     before = None
     if recipe.eval.before and splits.eval and not resume_from:
@@ -281,11 +281,13 @@ def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -
             # after which they cannot train: score the base on a separate (identical) copy.
             eval_model = load_model(recipe, tokenizer, arch, precision=precision)
         before = evaluate_model(eval_model, tokenizer, arch, splits.eval, recipe, label="before")
+        for line in note_lines(before["metrics"]):
+            say(line)
         del eval_model
         if rank() == 0:
-            write_json_atomic(os.path.join(out, "eval_before.json"), before["metrics"])
-    elif resume_from and os.path.exists(os.path.join(out, "eval_before.json")):
-        before = {"metrics": read_json(os.path.join(out, "eval_before.json")), "predictions": None}
+            write_json_atomic(os.path.join(out, rundir.EVAL_BEFORE), before["metrics"])
+    elif resume_from and os.path.exists(os.path.join(out, rundir.EVAL_BEFORE)):
+        before = {"metrics": read_json(os.path.join(out, rundir.EVAL_BEFORE)), "predictions": None}
 
     if recipe.lora.enabled:
         model = apply_lora(recipe, model, arch)
@@ -297,7 +299,7 @@ def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -
 
     builder = seq2seq if arch == "seq2seq" else causal
     resume_step = _step(resume_from) if resume_from else None
-    callbacks = [JsonlLogger(os.path.join(out, "train_log.jsonl"), resume_step)] if rank() == 0 else []
+    callbacks = [JsonlLogger(os.path.join(out, rundir.TRAIN_LOG), resume_step)] if rank() == 0 else []
     eval_steps = resolve_eval_steps(recipe, len(enc.features))
     stopper = None
     if eval_steps and recipe.train.early_stopping_patience:
@@ -347,7 +349,7 @@ def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -
         if getattr(model, "generation_config", None) is not None:  # adapters too: the stop tokens servers read
             model.generation_config.save_pretrained(out)
         trainer.save_state()
-        write_json_atomic(os.path.join(out, "train_summary.json"), summary)
+        write_json_atomic(os.path.join(out, rundir.TRAIN_SUMMARY), summary)
     model = trainer.model
     if hasattr(model, "module"):
         model = model.module
@@ -362,8 +364,9 @@ def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -
     if rank() != 0:
         return summary
     if recipe.hub.push_to_hub:
-        from ..publish import push_command
+        from ..publish import push
 
-        push_command(out, repo_id=recipe.hub.repo_id, private=recipe.hub.private, revision=recipe.hub.revision)
+        files, where = push(out, repo_id=recipe.hub.repo_id, private=recipe.hub.private, revision=recipe.hub.revision)
+        say(f"pushed {len(files)} files to {where}")
     say(f"done: outputs in {out}")
     return summary

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 
-from ..errors import ModelError
+from .errors import ModelError
 
 BUILT = ("bpe", "byte")
 

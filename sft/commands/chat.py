@@ -1,0 +1,112 @@
+"""`sft chat MODEL [--compare BASE]`: interactive chat in the model's own template, answers streamed as they
+are generated (stopping at the template's end of turn). /reset clears the history, /exit quits."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .. import rundir
+from ._args import add_generation_args, generation_overrides
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("chat", help="interactive chat with a trained model")
+    p.add_argument("model", help="training output directory or model directory")
+    p.add_argument("--compare", default=None, help="a base model/output dir whose answers are shown beside")
+    add_generation_args(p)
+
+
+def run(args) -> int:
+    chat(args.model, compare=args.compare, gen=generation_overrides(args))
+    return 0
+
+
+def _reply(answer, model, tokenizer, arch, recipe, messages, gen, prefix: str, template_stops) -> str:
+    streamer = _StopStreamer(tokenizer, template_stops(recipe, tokenizer), prefix)
+    text, cut = answer(model, tokenizer, arch, recipe, messages, gen, streamer=streamer.streamer)
+    if cut:
+        print("(note: the conversation was left-truncated to fit the model context)", flush=True)
+    return text
+
+
+class _StopStreamer:
+    """TextStreamer that stops printing at the template's stop marker."""
+
+    def __init__(self, tokenizer, stops: tuple[str, ...], prefix: str):
+        from transformers import TextStreamer
+
+        outer = self
+
+        class _S(TextStreamer):
+            def on_finalized_text(self, text: str, stream_end: bool = False):
+                outer.feed(text, stream_end)
+
+        self.streamer = _S(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.stops, self.prefix, self.text, self.printed, self.done = stops, prefix, "", 0, False
+        self.started = False
+
+    def feed(self, text: str, end: bool) -> None:
+        if not self.started:
+            print(self.prefix, end="", flush=True)
+            self.started = True
+        self.text += text
+        shown = self.text
+        for s in self.stops:
+            if s in shown:
+                shown = shown[: shown.index(s)]
+                self.done = True
+        # hold back a possible partial stop marker
+        hold = 0 if (end or self.done) else max((len(s) - 1 for s in self.stops), default=0)
+        upto = max(self.printed, len(shown) - hold)
+        print(shown[self.printed: upto], end="", flush=True)
+        self.printed = upto
+        if end:
+            print(flush=True)
+
+
+
+def chat(model_dir: str, *, compare: str | None = None, gen: dict | None = None,
+                 stdin=None, out=None) -> None:
+    """Interactive chat. Commands: /reset clears the history, /exit quits. Reads stdin line by line."""
+    from ..inference import answer, generation_settings, run_recipe, template_stops
+    from ..modeling import load_for_inference
+    from ..data.clean import normalise_text
+
+    stdin = stdin or sys.stdin
+    recipe = run_recipe(model_dir)
+    g = generation_settings(recipe, gen or {})
+    model, tokenizer, arch = load_for_inference(model_dir)
+    base = None
+    if compare:
+        base = load_for_inference(compare)
+        base_recipe = run_recipe(compare) if os.path.exists(os.path.join(compare, rundir.RECIPE)) else recipe
+    print(f"sft chat: {model_dir} (template {recipe.data.template}); /reset clears history, /exit quits", flush=True)
+    history: list[dict] = []
+    base_history: list[dict] = []
+    interactive = stdin.isatty()
+    while True:
+        if interactive:
+            print("you> ", end="", flush=True)
+        line = stdin.readline()
+        if not line:
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text == "/exit":
+            break
+        if text == "/reset":
+            history, base_history = [], []
+            print("(history cleared)", flush=True)
+            continue
+        if not interactive:
+            print(f"you> {text}", flush=True)
+        history.append({"role": "user", "content": normalise_text(text, recipe.data.clean.normalize)})
+        reply = _reply(answer, model, tokenizer, arch, recipe, history, g, "model> ", template_stops)
+        history.append({"role": "assistant", "content": reply})
+        if base is not None:
+            base_history.append({"role": "user", "content": text})
+            b_reply = _reply(answer, base[0], base[1], base[2], base_recipe, base_history, g, "base> ", template_stops)
+            base_history.append({"role": "assistant", "content": b_reply})
+    print("bye", flush=True)

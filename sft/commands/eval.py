@@ -1,0 +1,27 @@
+"""`sft eval TARGET [k=v ...]`: score a base model (recipe) or a finished run (output dir)."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="score a base model, a fine-tune or an adapter")
+    p.add_argument("target", help="recipe YAML file or a training output directory")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--split", default="eval", help="eval (default), test or train")
+    p.add_argument("--max-samples", type=int, default=None)
+    p.add_argument("--out", default=None, help="directory for metrics.json, predictions.jsonl, reports")
+
+
+def run(args) -> int:
+    import sys
+
+    from ..evaluation.report import metrics_table
+    from ..evaluation.run import evaluate_target, note_lines
+
+    out, metrics = evaluate_target(args.target, args.overrides, split=args.split, max_samples=args.max_samples,
+                                   out=args.out)
+    for line in note_lines(metrics):
+        print(f"[sft] {line}", file=sys.stderr)
+    print(metrics_table(metrics))
+    print(f"[sft] wrote {out}/metrics.json, predictions.jsonl, eval_report.md, report.html")
+    return 0
