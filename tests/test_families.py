@@ -141,3 +141,26 @@ def test_new_family_is_one_entry():
     src = {p: open(os.path.join(ROOT, "sft", p)).read() for p in ("modeling.py", "publish.py", "train/run.py")}
     for text in src.values():
         assert '"gpt2"' not in text and "'gpt2'" not in text  # no family named outside sft/families.py
+
+
+def test_run_context_decides_once_and_prompt_format_agrees_with_the_pipeline():
+    from sft.context import RunContext
+    from sft.data.pipeline import encode, encode_prompts
+    from sft.recipe import recipe_from_dict
+    from sft.tokenizer import load_tokenizer
+
+    from conftest import shared
+
+    r = recipe_from_dict({"model": {"name": "HuggingFaceTB/SmolLM2-135M-Instruct", "init": "scratch",
+                                    "tokenizer": shared("tokenizers", "gpt2")},
+                          "data": {"sources": [{"path": "builtin:synthetic"}], "template": "chatml"}}, path="c.yaml")
+    ctx = RunContext.build(r)
+    assert (ctx.arch, ctx.family.name, ctx.on_gpu, ctx.precision.mode) == ("causal", "llama", False, "no")
+    assert ctx.context_length == 8192 and (ctx.rank, ctx.world_size) == (0, 1)
+    tok = load_tokenizer(shared("tokenizers", "gpt2"))
+    fmt = ctx.prompt_format(tok)
+    rec = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], "task": "t",
+           "source": "s"}
+    assert fmt.encode_train([rec]).features == encode([rec], tok, "chatml", arch="causal", max_length=256).features
+    assert fmt.encode_prompt([rec]) == encode_prompts([rec], tok, "chatml", arch="causal")
+    assert fmt.stops == ("<|im_end|>",) and fmt.stop_ids[0] == tok.eos_token_id

@@ -18,7 +18,7 @@ from .. import rundir
 from ..data.pipeline import accounting_lines
 from ..errors import TrainError
 from ..io import read_json, write_json_atomic, write_text_atomic
-from ..modeling import apply_lora, count_parameters, load_model, resolve_arch
+from ..modeling import apply_lora, count_parameters, load_model
 from ..recipe import Recipe, load_recipe
 from ..distributed import env_rank as rank
 from ..distributed import env_world_size as world_size
@@ -217,29 +217,16 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> d
 def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -> dict:
     from transformers import set_seed
 
-    from ..modeling import context_length, load_config
-    from ..prepare import prepare_data
-
+    from ..context import RunContext
     from ..distributed import init_process_group
+    from ..prepare import prepare_data
 
     init_process_group(recipe.train.ddp_timeout)  # so evaluation before training is sharded over the ranks too
     set_seed(recipe.train.seed)
-    arch = resolve_arch(recipe.model)
-    if arch == "seq2seq" and recipe.train.packing:
-        raise TrainError("packing is for causal models; seq2seq examples cannot be packed", file=recipe.path,
-                         field="train.packing", fix="set train.packing: false for T5-family models")
-    config = load_config(recipe.model)
-    on_gpu = torch.cuda.is_available() and not recipe.train.use_cpu
-    from ..precision import for_recipe
-    from .switches import check as check_switches
-
-    from ..passthrough import check as check_passthrough
-
-    check_passthrough(recipe, arch)  # against the installed trainer class of this path
-    precision = for_recipe(recipe, config.model_type)
-    check_switches(recipe, arch=arch, model_type=config.model_type, on_gpu=on_gpu, precision=precision)
+    run = RunContext.build(recipe)  # device, precision, rank, family: decided once, switches checked here
+    arch, precision, on_gpu = run.arch, run.precision, run.on_gpu
     say(f"precision: {precision.mode} ({precision.reason})")
-    ctx = context_length(config)
+    ctx = run.context_length
     if ctx is not None and recipe.data.max_length > ctx:
         raise TrainError(f"data.max_length={recipe.data.max_length} is longer than the model's context ({ctx} "
                          "tokens)", file=recipe.path, field="data.max_length",
@@ -312,11 +299,8 @@ def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -
             f"(best by {recipe.train.metric_for_best_model})")
     eval_features = None
     if eval_steps:
-        from ..data.pipeline import encode
-
-        d = recipe.data
-        eval_features = encode(splits.eval, tokenizer, d.template, arch=arch, max_length=d.max_length,
-                               overlong="trim", system=d.system_prompt, final_only=True).features
+        eval_features = run.prompt_format(tokenizer).encode_train(splits.eval, overlong="trim",
+                                                                   final_only=True).features
     trainer = builder.build_trainer(recipe, model, tokenizer, enc.features,
                                     training_arguments(recipe, on_gpu=on_gpu, eval_steps=eval_steps,
                                                        precision=precision) | fsdp_arguments(recipe, model),
