@@ -31,7 +31,7 @@ class RunContext:
     def build(cls, recipe) -> "RunContext":
         from .modeling import context_length, load_config, resolve_arch
         from .passthrough import check as check_passthrough
-        from .train.switches import check as check_switches
+        from .switches import check as check_switches
 
         config = load_config(recipe.model)
         arch = resolve_arch(recipe.model)
@@ -79,6 +79,6 @@ class PromptFormat:
 
     @property
     def stop_ids(self) -> list[int]:
-        from .evaluation.generate import stop_token_ids
+        from .data.templates import stop_token_ids
 
         return stop_token_ids(self.tokenizer, self.stops)

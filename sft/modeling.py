@@ -274,7 +274,7 @@ def _saved_eos(recipe: Recipe, tokenizer):
     """EOS, or with a chat template EOS plus its end-of-turn token: what generation_config.json tells servers
     (vLLM, transformers pipeline) to stop at."""
     from .data.templates import get_template
-    from .evaluation.generate import stop_token_ids
+    from .data.templates import stop_token_ids
 
     if recipe.data.template != "tokenizer":
         return tokenizer.eos_token_id

@@ -89,7 +89,7 @@ def test_generation_markers_give_transformers_assistant_mask():
 
 def test_stop_ids_include_the_end_of_turn_token():
     from sft.data.templates import get_template
-    from sft.evaluation.generate import stop_token_ids
+    from sft.data.templates import stop_token_ids
 
     for name, eot in (("llama-3-instruct", "<|eot_id|>"), ("qwen2.5-instruct", "<|im_end|>"),
                       ("gemma-it", "<end_of_turn>"), ("phi-3", "<|end|>")):

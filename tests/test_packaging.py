@@ -106,3 +106,52 @@ def test_real_recipe_on_local_copy_with_tiny_model(name, tmp_path):
         saved = AutoTokenizer.from_pretrained(f"{tmp_path}/out")
         assert "<|im_start|>" in saved.chat_template
         assert saved.convert_tokens_to_ids("<|im_end|>") in GenerationConfig.from_pretrained(f"{tmp_path}/out").eos_token_id
+
+
+# Which sft modules a module may import (top-level or inside functions): nothing runs back up the layers.
+LAYERS = [
+    {"errors", "io", "text", "families", "precision", "distributed", "evaluation.metrics"},
+    {"recipe", "data", "rundir", "switches", "passthrough"},
+    {"tokenizer", "modeling", "prepare"},
+    {"evaluation"},
+    {"context", "train", "publish", "inference", "bench", "construct"},
+    {"commands", "cli", "__main__"},
+]
+
+
+def _layer(name: str) -> int:
+    return next(i for i, group in enumerate(LAYERS) if name in group)
+
+
+def test_no_import_runs_back_up():
+    import ast
+
+    pkg = os.path.join(ROOT, "sft")
+    problems = []
+    for dirpath, _, files in os.walk(pkg):
+        for f in files:
+            if not f.endswith(".py"):
+                continue
+            path = os.path.join(dirpath, f)
+            rel = os.path.relpath(path, pkg).replace(os.sep, "/")
+            top = rel.split("/")[0].removesuffix(".py")
+            if rel == "evaluation/metrics.py":
+                top = "evaluation.metrics"
+            if top == "__init__":
+                continue
+            parts = rel.removesuffix(".py").split("/")
+            for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+                if not isinstance(node, ast.ImportFrom) or not node.level:
+                    continue
+                base = parts[: len(parts) - node.level]  # the package the relative import starts from
+                target = (base + (node.module.split(".") if node.module else []))
+                names = [target[0]] if target else [a.name for a in node.names]
+                if target[:2] == ["evaluation", "metrics"] or (target == ["evaluation"] and
+                                                               [a.name for a in node.names] == ["metrics"]):
+                    names = ["evaluation.metrics"]
+                for name in names:
+                    if name in ("__init__",) or name == top:
+                        continue
+                    if _layer(name) > _layer(top):
+                        problems.append(f"sft/{rel} imports sft.{name}")
+    assert not problems, problems

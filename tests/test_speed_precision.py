@@ -101,7 +101,7 @@ def _recipe(**sections):
 ])
 def test_switches_refused_with_reason_on_cpu(sections, arch, mt, msg):
     from sft.precision import for_recipe
-    from sft.train.switches import check
+    from sft.switches import check
 
     r = _recipe(**sections)
     with pytest.raises(RecipeError, match=msg) as e:
@@ -110,7 +110,7 @@ def test_switches_refused_with_reason_on_cpu(sections, arch, mt, msg):
 
 
 def test_liger_refused_for_a_family_it_has_no_kernels_for(monkeypatch):
-    from sft.train import switches
+    from sft import switches
 
     monkeypatch.setattr(switches, "_installed", lambda m: True)
     monkeypatch.setattr(switches, "liger_model_types", lambda: {"llama", "qwen2"})
@@ -124,14 +124,14 @@ def test_liger_refused_for_a_family_it_has_no_kernels_for(monkeypatch):
 def test_switches_reach_the_trainer_arguments():
     from sft.precision import for_recipe
     from sft.train.run import training_arguments
-    from sft.train.switches import sft_config_arguments
+    from sft.switches import sft_config_arguments
 
     r = _recipe(train={"torch_compile": True, "ddp_timeout": 7200, "packing": True, "packing_strategy": "wrapped"})
     kw = training_arguments(r, on_gpu=False, precision=for_recipe(r, "gpt2"))
     assert kw["torch_compile"] and kw["ddp_timeout"] == 7200 and kw["dataloader_drop_last"]
     assert (kw["bf16"], kw["fp16"]) == (False, False)
     assert sft_config_arguments(r)["packing_strategy"] == "wrapped"
-    from sft.train.switches import fsdp_arguments
+    from sft.switches import fsdp_arguments
 
     model = _tiny("llama", "sdpa")
     fsdp = fsdp_arguments(_recipe(train={"fsdp": True}), model)

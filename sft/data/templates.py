@@ -429,6 +429,17 @@ def get_template(spec: str, tokenizer=None) -> Template | JinjaTemplate | ChatTe
                       f"use one of {', '.join(TEMPLATES)}, an inline Jinja string or a .jinja file")
 
 
+def stop_token_ids(tokenizer, stops: tuple[str, ...] = ()) -> list[int]:
+    """EOS plus every stop marker that is a single token (a chat template's end of turn, e.g. <|im_end|>,
+    <|eot_id|>, <end_of_turn>): generation ends at any of them, not only at EOS."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    for s in stops:
+        toks = tokenizer.encode(s, add_special_tokens=False) if s else []
+        if len(toks) == 1 and toks[0] not in ids:
+            ids.append(toks[0])
+    return ids
+
+
 def merge_segments(segs: list[Segment]) -> list[Segment]:
     """Join neighbours with the same flag and drop empty context, so tokenisation sees whole spans."""
     out: list[Segment] = []

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from ..data.templates import stop_token_ids
+
 
 def _pad(seqs: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in seqs)
@@ -34,17 +36,6 @@ def cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
         if idx >= 0:
             text = text[:idx]
     return text.strip()
-
-
-def stop_token_ids(tokenizer, stops: tuple[str, ...] = ()) -> list[int]:
-    """EOS plus every stop marker that is a single token (a chat template's end of turn, e.g. <|im_end|>,
-    <|eot_id|>, <end_of_turn>): generation ends at any of them, not only at EOS."""
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    for s in stops:
-        toks = tokenizer.encode(s, add_special_tokens=False) if s else []
-        if len(toks) == 1 and toks[0] not in ids:
-            ids.append(toks[0])
-    return ids
 
 
 def generation_kwargs(gen) -> dict:

@@ -16,7 +16,7 @@ class GuardedSFTTrainer(NonFiniteLossGuard, EvaluatingTrainer, SFTTrainer):
 
 def build_trainer(recipe: Recipe, model, tokenizer, train_features: list[dict], args_kwargs: dict, callbacks,
                   eval_features: list[dict] | None = None):
-    from .switches import sft_config_arguments
+    from ..switches import sft_config_arguments
 
     from ..passthrough import build_args
 

@@ -127,7 +127,7 @@ def _eval_arguments(recipe: Recipe, eval_steps: int) -> dict:
 
 def training_arguments(recipe: Recipe, *, on_gpu: bool, eval_steps: int = 0, precision=None) -> dict:
     from ..modeling import run_precision
-    from .switches import trainer_arguments
+    from ..switches import trainer_arguments
 
     t = recipe.train
     precision = precision or run_precision(recipe)
@@ -282,7 +282,7 @@ def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -
     say(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.3f}%)")
 
     from . import causal, seq2seq
-    from .switches import fsdp_arguments
+    from ..switches import fsdp_arguments
 
     builder = seq2seq if arch == "seq2seq" else causal
     resume_step = _step(resume_from) if resume_from else None

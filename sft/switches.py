@@ -8,8 +8,8 @@ from __future__ import annotations
 import difflib
 import importlib.util
 
-from ..errors import RecipeError
-from ..precision import Precision
+from .errors import RecipeError
+from .precision import Precision
 
 ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 _FLASH_PACKAGE = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
