@@ -79,6 +79,60 @@ def _refuse(key: str, valid: set[str], owned: dict, fixed: set[str], field: str,
                           fix=f"did you mean {close[0]!r}?" if close else f"see the {what} documentation")
 
 
+def _type_ok(value, tp) -> bool:
+    """Does `value` (from YAML) fit the dataclass annotation `tp`? Unknown annotations pass."""
+    import types
+    import typing
+
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return value in typing.get_args(tp)
+    base = origin or tp
+    if base is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if base is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if base in (bool, str, dict, list):
+        return isinstance(value, base)
+    return True
+
+
+def _field_types(arch: str | None) -> dict:
+    import typing
+
+    from transformers import Seq2SeqTrainingArguments
+    from trl import SFTConfig
+
+    classes = {"causal": [SFTConfig], "seq2seq": [Seq2SeqTrainingArguments]}.get(arch or "",
+                                                                                [SFTConfig, Seq2SeqTrainingArguments])
+    out: dict = {}
+    for c in classes:
+        for k, v in typing.get_type_hints(c).items():
+            out.setdefault(k, []).append(v)
+    return out
+
+
+def _check_scheduler_kwargs(recipe, value) -> None:
+    """lr_scheduler_kwargs must be arguments of the chosen scheduler's function (else the Trainer fails late)."""
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION
+    from transformers.trainer_utils import SchedulerType
+
+    try:
+        fn = TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(recipe.train.lr_scheduler)]
+    except (ValueError, KeyError):
+        return
+    params = set(inspect.signature(fn).parameters) - {"optimizer", "num_warmup_steps", "num_training_steps"}
+    for key in value:
+        if key not in params:
+            raise RecipeError(f"{recipe.train.lr_scheduler} takes no argument {key!r}", file=recipe.path,
+                              field=f"train.trainer_args.lr_scheduler_kwargs.{key}",
+                              fix=f"use {', '.join(sorted(params)) or 'none (this scheduler takes no extra arguments)'}")
+
+
 def check(recipe, arch: str | None = None) -> None:
     """Validate both pass-through mappings (arch None: against either trainer path)."""
     file = recipe.path
@@ -86,8 +140,15 @@ def check(recipe, arch: str | None = None) -> None:
         valid = _trainer_fields(arch)
         what = {"causal": "trl.SFTConfig", "seq2seq": "transformers.Seq2SeqTrainingArguments"}.get(
             arch or "", "trl.SFTConfig or Seq2SeqTrainingArguments")
-        for key in recipe.train.trainer_args:
+        types_of = _field_types(arch)
+        for key, value in recipe.train.trainer_args.items():
             _refuse(key, valid, TRAINER_OWNED, TRAINER_FIXED, "train.trainer_args", what, file)
+            tps = types_of.get(key, [])
+            if tps and not any(_type_ok(value, tp) for tp in tps):
+                raise RecipeError(f"got {value!r}, expected {tps[0]}".replace("<class '", "").replace("'>", ""),
+                                  file=file, field=f"train.trainer_args.{key}", fix="give a value of that type")
+            if key == "lr_scheduler_kwargs" and isinstance(value, dict):
+                _check_scheduler_kwargs(recipe, value)
     if recipe.model.init_kwargs:
         if recipe.model.init == "scratch":
             raise RecipeError("model.init_kwargs apply when loading pretrained weights", file=file,

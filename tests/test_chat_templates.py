@@ -198,3 +198,16 @@ def test_jinja_templates_train_every_assistant_turn_they_write():
     assert [t for t, on in get_template(shouting).render(CONVERSATION, None) if on] == ["Green"]  # not verbatim
     no_history = "Q: {{ instruction }}\nA: "
     assert [t for t, on in get_template(no_history).render(CONVERSATION, None) if on] == ["Green"]
+
+
+def test_conversations_a_template_refuses_are_dropped_and_counted():
+    """Gemma's template raises on a system turn: those rows are dropped with the template's reason, not the run."""
+    from sft.data.pipeline import encode
+
+    tok = chat_tokenizer("gemma-it")
+    ok = {"messages": CONVERSATION[:2], "task": "t", "source": "s"}
+    bad = {"messages": [CONVERSATION[0], CONVERSATION[0], CONVERSATION[1]], "task": "t", "source": "s"}
+    enc = encode([ok, bad, ok], tok, "tokenizer", arch="causal", max_length=4096)
+    assert len(enc.features) == 2
+    (reason, n), = enc.report.to_dict()["dropped"].items()
+    assert n == 1 and "rejected by the chat template" in reason and "alternate" in reason

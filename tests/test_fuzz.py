@@ -25,13 +25,19 @@ PATHS = [("model", "tokenizer"), ("model", "config_overrides", "n_head"), ("trai
          ("data", "sources", 0, "format"), ("data", "sources", 0, "weight"), ("data", "sources", 1, "columns"),
          ("data", "sources", 0, "max_samples"), ("data", "clean"), ("data", "clean", "normalize"), ("train", "seed"),
          ("train", "lr_scheduler"), ("train", "learning_rate"), ("train", "output_dir"), ("eval", "metrics"),
-         ("eval", "generation", "max_new_tokens"), ("lora",), ("data", "seed"), ("data", "system_prompt")]
+         ("eval", "generation", "max_new_tokens"), ("lora",), ("data", "seed"), ("data", "system_prompt"),
+         ("train", "trainer_args"), ("model", "init_kwargs"), ("model", "attn_implementation"),
+         ("data", "chat_template_path"), ("train", "packing_strategy"), ("train", "padding_free"), ("train", "fsdp"),
+         ("train", "warmup_steps"), ("lora", "target_modules"), ("lora", "use_dora"), ("train", "ddp_timeout")]
 
 VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True),
                    st.text(max_size=12), st.lists(st.integers(-3, 3), max_size=3),
                    st.dictionaries(st.text(max_size=4), st.integers(0, 3), max_size=2),
                    st.sampled_from(["{{ 1/0 }}", "{{ instruction }}", "nfkc", "cosine", "..", "/", "x.jinja",
-                                    "builtin:synthetic", "plain", "-1", "1e-3"]))
+                                    "builtin:synthetic", "plain", "-1", "1e-3", "tokenizer", "all-linear", "sdpa",
+                                    "wrapped", "fp16"]),
+                   st.sampled_from([{"neftune_noise_alpha": "x"}, {"lr_scheduler_kwargs": 5}, {"learning_rate": 1},
+                                    {"max_memory": {}}, ["all-linear", "c_attn"]]))
 ROW_VALUES = st.one_of(st.none(), st.integers(), st.text(max_size=20), st.lists(st.text(max_size=3), max_size=2),
                        st.dictionaries(st.sampled_from(["role", "content", "from", "value"]), st.text(max_size=3),
                                        max_size=2))

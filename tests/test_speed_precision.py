@@ -262,6 +262,12 @@ def test_gpu_kit_smoke(tmp_path):
      "model.init_kwargs.attn_implementation: "
      "attn_implementation is set by model.attn_implementation"),
     ({"model": {"init": "pretrained", "init_kwargs": {"max_memroy": {}}}}, "did you mean 'max_memory'"),
+    ({"train": {"trainer_args": {"neftune_noise_alpha": "x"}}}, "train.trainer_args.neftune_noise_alpha: got 'x', "
+     "expected float | None"),
+    ({"train": {"trainer_args": {"lr_scheduler_kwargs": 5}}}, "train.trainer_args.lr_scheduler_kwargs: got 5"),
+    ({"train": {"lr_scheduler": "cosine", "trainer_args": {"lr_scheduler_kwargs": {"min_lr": 1e-5}}}},
+     "train.trainer_args.lr_scheduler_kwargs.min_lr: cosine takes no argument 'min_lr' (fix: use last_epoch, "
+     "num_cycles)"),
     ({"model": {"init_kwargs": {"max_memory": {}}}}, "model.init_kwargs apply when loading pretrained weights"),
 ])
 def test_passthrough_is_checked_by_name(sections, msg):

@@ -17,7 +17,7 @@ from ..errors import DataError
 from ..recipe import DataConfig, SourceConfig
 from . import formats, sources
 from .clean import DropReport, clean_records, prompt_key
-from .templates import get_template, render_prompt, render_prompt_segments, render_training
+from .templates import TemplateRejected, get_template, render_prompt, render_prompt_segments, render_training
 
 
 @dataclass
@@ -309,11 +309,19 @@ def encode(records: list[dict], tokenizer, template_spec: str, *, arch: str, max
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DataError("tokenizer has no EOS token", field="model.tokenizer", fix="use a tokenizer with an eos_token")
-    rendered = [render_training(template, r["messages"], system) for r in records]
-    flat = [t for segs in rendered for t, _ in segs]
+    rendered = []
+    for r in records:
+        try:
+            rendered.append(render_training(template, r["messages"], system))
+        except TemplateRejected as e:  # one conversation the chat template refuses: dropped and counted
+            rendered.append(None)
+            drop(r, f"rejected by the chat template ({e.message.split('(', 1)[-1].rstrip(')')[:80]})")
+    flat = [t for segs in rendered if segs is not None for t, _ in segs]
     ids_flat = iter(_tokenize_many(tokenizer, flat))
     feats, kept, lengths = [], [], []
     for rec, segs in zip(records, rendered):
+        if segs is None:
+            continue
         seg_ids = [(next(ids_flat), trained) for _, trained in segs]
         if arch == "seq2seq":
             last = max((i for i, (_, t) in enumerate(seg_ids) if t), default=None)

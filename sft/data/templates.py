@@ -102,6 +102,7 @@ class JinjaTemplate:
     source: str
     name: str = "custom"
     stop: tuple[str, ...] = field(default=())
+    appends_eos = True  # (not a field) training appends EOS after the final answer, as for built-ins
 
     def __post_init__(self):
         from jinja2 import StrictUndefined, TemplateSyntaxError
@@ -168,6 +169,10 @@ class JinjaTemplate:
         return segs
 
 
+class TemplateRejected(RecipeError):
+    """The chat template refused one conversation (e.g. a system turn in a template without one)."""
+
+
 class ChatTemplate:
     """The tokenizer's own chat template (`template: tokenizer`), the Hub convention servers follow.
 
@@ -194,7 +199,7 @@ class ChatTemplate:
             return self.tokenizer.apply_chat_template(messages, tokenize=False,
                                                       add_generation_prompt=generation_prompt)
         except Exception as e:
-            raise RecipeError(f"the tokenizer's chat template failed ({type(e).__name__}: "
+            raise TemplateRejected(f"the tokenizer's chat template failed ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:160] if str(e) else ''})", field="data.template",
                               fix="check that the conversation fits the template (e.g. alternating roles), or "
                                   "use another template") from e

@@ -31,12 +31,21 @@ from .perplexity import perplexity, token_nll
 SCHEMA = "sft.metrics/v1"
 
 
-def group_items(records: list[dict], template: str, system: str | None, group: bool, tokenizer=None) -> list[dict]:
-    """Eval items: records whose rendered prompt is identical become one item with all their references."""
+def group_items(records: list[dict], template: str, system: str | None, group: bool, tokenizer=None,
+                rejected: Counter | None = None) -> list[dict]:
+    """Eval items: records whose rendered prompt is identical become one item with all their references.
+    A conversation the chat template refuses is left out (counted in `rejected`)."""
+    from ..data.templates import TemplateRejected
+
     items: dict[str, dict] = {}
     out = []
     for r in records:
-        prompt = prompt_text(r, template, system, tokenizer)
+        try:
+            prompt = prompt_text(r, template, system, tokenizer)
+        except TemplateRejected as e:
+            if rejected is not None:
+                rejected[f"rejected by the chat template ({e.message.split('(', 1)[-1].rstrip(')')[:80]})"] += 1
+            continue
         key = prompt if group else f"{len(out)}\x00{prompt}"
         if key not in items:
             items[key] = {"task": r["task"], "prompt": prompt, "records": [], "references": []}
@@ -92,7 +101,11 @@ def build_eval_set(model_config, tokenizer, arch: str, records: list[dict], reci
     from ..modeling import context_length
 
     e, d = recipe.eval, recipe.data
-    items = group_items(records, d.template, d.system_prompt, e.group_references, tokenizer)
+    rejected: Counter = Counter()
+    items = group_items(records, d.template, d.system_prompt, e.group_references, tokenizer, rejected)
+    if not items:
+        raise EvalError(f"no eval example can be prompted ({dict(rejected) or 'none left'})", field="data.template",
+                        fix="use a template that accepts these conversations")
     if max_items is not None:
         items = items[:max_items]
     ctx = context_length(model_config)
@@ -104,6 +117,7 @@ def build_eval_set(model_config, tokenizer, arch: str, records: list[dict], reci
                             f"model's {ctx}-token context", field="eval.generation.max_new_tokens",
                             fix=f"use fewer than {ctx} new tokens")
     es = EvalSet(items, [], [], [])
+    es.not_scored.update(rejected)
     prompts = encode_prompts([it["records"][0] for it in items], tokenizer, d.template, arch=arch,
                              system=d.system_prompt)
     for p in prompts:

@@ -311,7 +311,15 @@ def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     start = time.time()
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume_from)
+    except (TypeError, ValueError) as e:
+        if not recipe.train.trainer_args:
+            raise
+        # a pass-through value the Trainer only uses once training starts: point at the recipe, not at sft
+        raise TrainError(f"training failed with train.trainer_args {sorted(recipe.train.trainer_args)} "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:160]})", file=recipe.path,
+                         field="train.trainer_args", fix="check those values against the TRL/transformers docs") from e
     elapsed = time.time() - start
     # Tokens actually fed (non-padding, all ranks), counted by the Trainer; minus those before a resume.
     tokens_before = 0
