@@ -172,7 +172,7 @@ def read_chat_template(path: str) -> str:
     return text
 
 
-def run_precision(recipe: Recipe, arch: str | None = None):
+def run_precision(recipe: Recipe):
     """The run's precision decision (sft/precision.py), for the model family of the recipe."""
     from .precision import for_recipe
 
@@ -219,7 +219,7 @@ def load_model(recipe: Recipe, tokenizer, arch: str, *, base_save_dir: str | Non
     if m.trust_remote_code:
         warnings.warn(f"model.trust_remote_code is on: code from {m.name!r} will run on this machine", stacklevel=2)
     on_gpu = torch.cuda.is_available() and not recipe.train.use_cpu
-    precision = precision or run_precision(recipe, arch)
+    precision = precision or run_precision(recipe)
     dtype = precision.load_dtype
     qconfig = quantization_config(recipe, precision)
     attn = {"attn_implementation": m.attn_implementation} if m.attn_implementation else {}
@@ -273,8 +273,7 @@ def load_model(recipe: Recipe, tokenizer, arch: str, *, base_save_dir: str | Non
 def _saved_eos(recipe: Recipe, tokenizer):
     """EOS, or with a chat template EOS plus its end-of-turn token: what generation_config.json tells servers
     (vLLM, transformers pipeline) to stop at."""
-    from .data.templates import get_template
-    from .data.templates import stop_token_ids
+    from .data.templates import get_template, stop_token_ids
 
     if recipe.data.template != "tokenizer":
         return tokenizer.eos_token_id

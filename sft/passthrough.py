@@ -48,13 +48,17 @@ INIT_OWNED = {
 }
 
 
-def _trainer_fields(arch: str | None) -> set[str]:
+def _trainer_classes(arch: str | None) -> list:
+    """The installed arguments class of the trainer path (both when the path is not known yet)."""
     from transformers import Seq2SeqTrainingArguments
     from trl import SFTConfig
 
-    classes = {"causal": [SFTConfig], "seq2seq": [Seq2SeqTrainingArguments]}.get(arch or "",
-                                                                                [SFTConfig, Seq2SeqTrainingArguments])
-    return {f.name for c in classes for f in dataclasses.fields(c) if f.init}
+    return {"causal": [SFTConfig], "seq2seq": [Seq2SeqTrainingArguments]}.get(arch or "",
+                                                                            [SFTConfig, Seq2SeqTrainingArguments])
+
+
+def _trainer_fields(arch: str | None) -> set[str]:
+    return {f.name for c in _trainer_classes(arch) for f in dataclasses.fields(c) if f.init}
 
 
 def _from_pretrained_kwargs() -> set[str]:
@@ -104,13 +108,8 @@ def _type_ok(value, tp) -> bool:
 def _field_types(arch: str | None) -> dict:
     import typing
 
-    from transformers import Seq2SeqTrainingArguments
-    from trl import SFTConfig
-
-    classes = {"causal": [SFTConfig], "seq2seq": [Seq2SeqTrainingArguments]}.get(arch or "",
-                                                                                [SFTConfig, Seq2SeqTrainingArguments])
     out: dict = {}
-    for c in classes:
+    for c in _trainer_classes(arch):
         for k, v in typing.get_type_hints(c).items():
             out.setdefault(k, []).append(v)
     return out

@@ -315,7 +315,7 @@ def encode(records: list[dict], tokenizer, template_spec: str, *, arch: str, max
             rendered.append(render_training(template, r["messages"], system))
         except TemplateRejected as e:  # one conversation the chat template refuses: dropped and counted
             rendered.append(None)
-            drop(r, f"rejected by the chat template ({e.message.split('(', 1)[-1].rstrip(')')[:80]})")
+            drop(r, e.reason)
     flat = [t for segs in rendered if segs is not None for t, _ in segs]
     ids_flat = iter(_tokenize_many(tokenizer, flat))
     feats, kept, lengths = [], [], []

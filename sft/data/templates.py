@@ -172,6 +172,10 @@ class JinjaTemplate:
 class TemplateRejected(RecipeError):
     """The chat template refused one conversation (e.g. a system turn in a template without one)."""
 
+    def __init__(self, message: str, *, reason: str, **kw):
+        super().__init__(message, **kw)
+        self.reason = f"rejected by the chat template ({reason[:80]})"  # the drop/skip reason, one per cause
+
 
 class ChatTemplate:
     """The tokenizer's own chat template (`template: tokenizer`), the Hub convention servers follow.
@@ -199,10 +203,10 @@ class ChatTemplate:
             return self.tokenizer.apply_chat_template(messages, tokenize=False,
                                                       add_generation_prompt=generation_prompt)
         except Exception as e:
-            raise TemplateRejected(f"the tokenizer's chat template failed ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:160] if str(e) else ''})", field="data.template",
-                              fix="check that the conversation fits the template (e.g. alternating roles), or "
-                                  "use another template") from e
+            cause = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+            raise TemplateRejected(f"the tokenizer's chat template failed ({cause})", reason=cause,
+                                   field="data.template", fix="check that the conversation fits the template (e.g. "
+                                   "alternating roles), or use another template") from e
 
     @staticmethod
     def _messages(messages: list[dict], system: str | None) -> list[dict]:
@@ -250,11 +254,7 @@ class ChatTemplate:
 
 
 def _common_prefix(a: str, b: str) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    return len(os.path.commonprefix([a, b]))
 
 
 MAX_RENDER_SECONDS = 1.0

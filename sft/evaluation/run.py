@@ -44,7 +44,7 @@ def group_items(records: list[dict], template: str, system: str | None, group: b
             prompt = prompt_text(r, template, system, tokenizer)
         except TemplateRejected as e:
             if rejected is not None:
-                rejected[f"rejected by the chat template ({e.message.split('(', 1)[-1].rstrip(')')[:80]})"] += 1
+                rejected[e.reason] += 1
             continue
         key = prompt if group else f"{len(out)}\x00{prompt}"
         if key not in items:
