@@ -40,6 +40,11 @@ def read_json(path: str):
         return json.load(fh)
 
 
+def read_jsonl(path: str) -> list:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
 def safe_name(name: str, *, file: str | None, field: str) -> str:
     """A file name taken from a spec or recipe: a plain name, so the file stays inside its output folder."""
     from .errors import RecipeError

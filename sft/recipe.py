@@ -58,7 +58,7 @@ class SourceConfig:
     path: str = _f(help="Hub dataset id, local file / glob (json, jsonl, csv, parquet), or builtin:synthetic.")
     format: str = _f("auto", help="alpaca, sharegpt, messages, prompt-completion, text, self-instruct, columns, "
                      "or auto (detected from the first rows).")
-    columns: dict = _f(help="For format: columns, map prompt/input/completion/system/task to column names.",
+    columns: dict = _f(help="For format: columns, map prompt/input/completion/system/task to column names; for format: text, {text: COL}.",
                        factory=dict)
     split: str = _f("train", help="Split to read (Hub datasets, build-data directories).")
     subset: str | None = _f(None, help="Hub dataset configuration name.")

@@ -1,5 +1,7 @@
 """Tokenizers that need no download: a byte-level BPE trained on the recipe's own texts (cached), or
-plain bytes. Otherwise a Hub id / directory loads through AutoTokenizer.
+plain bytes. The BPE splits numbers into single digits (as Llama and Qwen do) and CJK ideographs into
+single characters (as BERT does), so a tiny model learns arithmetic and number formats symbol by symbol
+instead of memorising one merged token per number. Otherwise a Hub id / directory loads through AutoTokenizer.
 
 Special tokens follow T5's numbering (pad 0, eos 1, unk 2) so the same tokenizer serves a scratch
 GPT-2 (eos doubles as bos) and a scratch T5 (decoder start = pad).
@@ -27,14 +29,14 @@ def _special(arch: str) -> dict:
 
 def build_tokenizer(kind: str, texts: list[str], *, vocab_size: int, arch: str):
     """Train (or load from cache) a byte-level BPE on `texts`; kind 'byte' keeps only the 256 bytes."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     special = _special(arch)
     specials = [special["pad_token"], special["eos_token"], special["unk_token"]]
     size = 256 + len(specials) if kind == "byte" else vocab_size
     digest = hashlib.sha256()
-    digest.update(json.dumps([kind, size, arch, 1]).encode())
+    digest.update(json.dumps([kind, size, arch, 3]).encode())
     for t in texts if kind != "byte" else ():  # the byte vocabulary does not depend on the data
         digest.update(t.encode("utf-8", "surrogatepass"))
         digest.update(b"\x00")
@@ -43,7 +45,10 @@ def build_tokenizer(kind: str, texts: list[str], *, vocab_size: int, arch: str):
         return load_tokenizer(path)
 
     tok = Tokenizer(models.BPE(unk_token=special["unk_token"]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    cjk = Regex("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.Split(cjk, behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), min_frequency=2)

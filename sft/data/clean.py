@@ -47,9 +47,13 @@ def normalise_text(text: str, form: str = "nfc") -> str:
 
 
 def prompt_key(record: dict) -> str:
-    """Identity of an example's prompt: every message before the final answer."""
+    """Identity of an example's prompt: every message before the final answer. A row with no prompt at all
+    (plain text, language modelling) is identified by its text, so such rows split one by one instead of
+    landing together on one side of the train/eval split."""
     msgs = record["messages"]
     last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=len(msgs))
+    if not any(m["content"] or m.get("input") for m in msgs[:last]):
+        last = len(msgs)
     return json.dumps([[m["role"], m["content"], m.get("input", "")] for m in msgs[:last]], ensure_ascii=False)
 
 

@@ -136,7 +136,8 @@ def _prompt_completion(row: dict, columns: dict) -> list[list[dict]]:
 
 def _text_only(row: dict, columns: dict) -> list[list[dict]]:
     # Plain text: nothing to condition on; the whole text is the answer to an empty prompt.
-    return [[{"role": "user", "content": ""}, {"role": "assistant", "content": _text(row, "text")}]]
+    # columns: {text: COL} reads another column (e.g. the answers of an instruction set as a corpus).
+    return [[{"role": "user", "content": ""}, {"role": "assistant", "content": _text(row, columns.get("text", "text"))}]]
 
 
 def _self_instruct(row: dict, columns: dict) -> list[list[dict]]:
@@ -223,6 +224,14 @@ def check_columns(fmt: str, rows: list[dict], columns: dict, *, file: str, field
         if missing:
             raise DataError(f"mapped column(s) {missing} not in the data; columns found: {found}", file=file,
                             field=f"{field}.columns", fix="map to existing column names")
+        return
+    if fmt == "text" and columns:
+        if set(columns) != {"text"}:
+            raise DataError(f"format: text maps only the text column, got {sorted(columns)}", file=file,
+                            field=f"{field}.columns", fix="e.g. columns: {text: output}")
+        if columns["text"] not in found:
+            raise DataError(f"mapped column {columns['text']!r} not in the data; columns found: {found}", file=file,
+                            field=f"{field}.columns", fix="map text to an existing column name")
         return
     missing = [c for c in FORMATS[fmt].required if c not in found]
     if missing:
