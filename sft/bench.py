@@ -32,7 +32,7 @@ import time
 from .errors import RecipeError
 from .evaluation.metrics import METRICS, display_name, key_info, table_keys
 from .evaluation.metrics import tolerance as registry_tolerance
-from .io import read_json, read_yaml, safe_name, write_bytes_atomic, write_json_atomic, write_text_atomic
+from .io import read_json, read_jsonl, read_yaml, safe_name, write_bytes_atomic, write_json_atomic, write_text_atomic
 from . import rundir
 
 RUN_COLUMNS = ["run", "model", "method", "trainable params", "train time (s)", "tokens/s", "peak memory (MB)"]
@@ -193,7 +193,6 @@ def _failed(proc, name: str, field: str, rpath: str, overrides: list[str]) -> Re
 
 def _row(name: str, model_name: str, method: str, run_dir: str, start: float, resamples: int) -> dict:
     from .evaluation.intervals import bootstrap_intervals
-    from .io import read_jsonl
 
     metrics = read_json(os.path.join(run_dir, rundir.METRICS))
     t = metrics["train"]
@@ -210,47 +209,43 @@ def _row(name: str, model_name: str, method: str, run_dir: str, start: float, re
 def run_matrix(spec: dict, out: str, *, bench_dir: str, progress=None, extra: list[str] = (),
                threads: int | None = None) -> tuple[list[dict], list[dict]]:
     """Train the bases, then every recipe x method; returns (table rows, base rows)."""
+    # one job list, bases first: (rows it joins, name, model, method, recipe, overrides, error field, resamples)
     bases, rows = [], []
-    runs = [(m, e, meth) for m, e in spec["recipes"].items() for meth in spec["methods"]]
-    total = len(spec["bases"]) + len(runs)
-    for i, (base, recipe_path) in enumerate(spec["bases"].items(), 1):
-        run_dir = os.path.join(out, "bases", base)
+    jobs = [(bases, base, base, "base", recipe_path,
+             list(extra) + [f"train.output_dir={os.path.join(out, 'bases', base)}"], f"bases.{base}", 0)
+            for base, recipe_path in spec["bases"].items()]
+    for model_name, entry in spec["recipes"].items():
+        for method in spec["methods"]:
+            name = f"{model_name}-{method}"
+            overrides = (list(spec["overrides"]) + list(spec["methods"][method] or []) + list(extra)
+                         + _base_overrides(out, entry["base"])
+                         + [f"train.output_dir={os.path.join(out, 'runs', name)}"])
+            jobs.append((rows, name, model_name, method, entry["recipe"], overrides,
+                         f"recipes.{model_name} / methods.{method}", spec["bootstrap"]))
+    for i, (target, name, model_name, method, recipe_path, overrides, field, resamples) in enumerate(jobs, 1):
         rpath = _recipe_path(recipe_path, bench_dir)
-        overrides = list(extra) + [f"train.output_dir={run_dir}"]
         if progress:
-            progress(f"({i}/{total}) base {base}: sft train {rpath} {' '.join(overrides)}")
+            progress(f"({i}/{len(jobs)}) {'base ' if target is bases else ''}{name}: sft train {rpath} "
+                     f"{' '.join(overrides)}")
         start = time.time()
         proc = _train(rpath, overrides, threads)
         if proc.returncode != 0:
-            raise _failed(proc, base, f"bases.{base}", rpath, overrides)
-        bases.append(_row(base, base, "base", run_dir, start, 0))
-    for i, (model_name, entry, method) in enumerate(runs, len(spec["bases"]) + 1):
-        name = f"{model_name}-{method}"
-        run_dir = os.path.join(out, "runs", name)
-        rpath = _recipe_path(entry["recipe"], bench_dir)
-        overrides = (list(spec["overrides"]) + list(spec["methods"][method] or []) + list(extra)
-                     + _base_overrides(out, entry["base"]) + [f"train.output_dir={run_dir}"])
-        if progress:
-            progress(f"({i}/{total}) {name}: sft train {rpath} {' '.join(overrides)}")
-        start = time.time()
-        proc = _train(rpath, overrides, threads)
-        if proc.returncode != 0:
-            raise _failed(proc, name, f"recipes.{model_name} / methods.{method}", rpath, overrides)
-        rows.append(_row(name, model_name, method, run_dir, start, spec["bootstrap"]))
+            raise _failed(proc, name, field, rpath, overrides)
+        run_dir = overrides[-1].split("=", 1)[1]
+        target.append(_row(name, model_name, method, run_dir, start, resamples))
     return rows, bases
 
 
 def add_tolerances(rows: list[dict], reruns: dict[int, list[dict]]) -> None:
     """Each cell's tolerance: half its bootstrap interval plus its largest change across thread-count reruns."""
     for r in rows:
-        spread = {}
+        spread, r["spread"] = {}, {}
         for t, other in reruns.items():
-            o = next(x for x in other if x["run"] == r["run"])
+            o = next(x for x in other if x["run"] == r["run"])["metrics"]
+            r["spread"][f"threads={t}"] = {k: o.get(k) for k in r["metrics"]}
             for k, v in r["metrics"].items():
-                if v is not None and o["metrics"].get(k) is not None:
-                    spread[k] = max(spread.get(k, 0.0), abs(o["metrics"][k] - v))
-        r["spread"] = {f"threads={t}": {k: next(x for x in other if x["run"] == r["run"])["metrics"].get(k)
-                                        for k in r["metrics"]} for t, other in reruns.items()}
+                if v is not None and o.get(k) is not None:
+                    spread[k] = max(spread.get(k, 0.0), abs(o[k] - v))
         r["tolerance"] = {k: (hi - lo) / 2 + spread.get(k, 0.0) for k, (lo, hi) in r.get("intervals", {}).items()}
 
 
