@@ -273,3 +273,44 @@ def test_accelerate_launch_cpu_config_runs_two_processes(tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert json.loads((tmp_path / "out" / "train_summary.json").read_text())["world_size"] == 2
     assert res.stdout.count("[sft] done") == 1
+
+
+def test_cpu_lm_head_scores_labelled_positions_only_with_the_same_loss_and_gradients():
+    """sft makes TRL's fused head skip prompt and padding positions on CPU: same loss and gradients as TRL's own
+    every-position path (and as the model's plain cross-entropy), fewer rows through the LM head."""
+    import torch
+    import trl.trainer.utils as trl_utils
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from sft.train.causal import compact_cpu_lm_head
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=97, n_layer=1, n_embd=32, n_head=2, n_positions=32)).eval()
+    ids = torch.randint(0, 97, (3, 12))
+    labels = ids.clone()
+    labels[:, :7] = -100  # prompt
+    labels[2, 9:] = -100  # padding
+    plain = model(input_ids=ids, labels=labels).loss
+    trl_utils.add_fused_lm_head(model)
+
+    def loss_and_grad():
+        model.zero_grad()
+        loss = model(input_ids=ids, labels=labels, fused_lm_head=True).loss
+        loss.backward()
+        return loss.detach(), model.lm_head.weight.grad.clone()
+
+    original = trl_utils._use_triton
+    rows = []
+    real_apply = trl_utils._ChunkedLogProbFunction.apply
+    try:
+        trl_utils._ChunkedLogProbFunction.apply = lambda h, *a: rows.append(h.shape[0]) or real_apply(h, *a)
+        every_loss, every_grad = loss_and_grad()
+        assert compact_cpu_lm_head() and compact_cpu_lm_head()  # idempotent
+        compact_loss, compact_grad = loss_and_grad()
+    finally:
+        trl_utils._use_triton = original
+        trl_utils._ChunkedLogProbFunction.apply = real_apply
+    assert rows == [3 * 11, int((labels[:, 1:] != -100).sum())]
+    torch.testing.assert_close(compact_loss, every_loss, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(compact_loss, plain.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compact_grad, every_grad, rtol=1e-5, atol=1e-7)

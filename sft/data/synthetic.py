@@ -83,11 +83,25 @@ def _uppercase(rng: random.Random) -> tuple[str, str, str]:
     return instr, text, text.upper()
 
 
+# 48 words x 20 phrasings = 960 distinct prompts: with 3 phrasings the family ran out after 144 rows, and
+# exact-duplicate removal left it under 1 % of a 21k-row mix, too few for any model to learn the pairs.
+_ANTONYM_INLINE = ("What is the opposite of '{w}'?", "Give an antonym of the word '{w}'.", "Name the opposite of {w}.",
+                   "What is the antonym of {w}?", "Which word means the opposite of '{w}'?",
+                   "Write the opposite of '{w}'.", "Give the opposite of {w}.", "Tell me an antonym for '{w}'.",
+                   "What word is opposite in meaning to {w}?", "Find the antonym of '{w}'.",
+                   "Opposite of {w}?", "Antonym of '{w}':")
+_ANTONYM_WITH_INPUT = ("Give the antonym of the word.", "Write the opposite of the input word.",
+                       "What is the opposite of this word?", "Name an antonym of the given word.",
+                       "Reply with the word's opposite.", "Find the antonym.", "Give the opposite.",
+                       "Antonym of the input:")
+
+
 def _antonym(rng: random.Random) -> tuple[str, str, str]:
     word = rng.choice(sorted(_ANTONYMS))
-    phr = rng.choice(["What is the opposite of '{w}'?", "Give an antonym of the word '{w}'.",
-                      "Name the opposite of {w}."])
-    return phr.format(w=word), "", _ANTONYMS[word]
+    k = rng.randrange(len(_ANTONYM_INLINE) + len(_ANTONYM_WITH_INPUT))
+    if k < len(_ANTONYM_INLINE):
+        return _ANTONYM_INLINE[k].format(w=word), "", _ANTONYMS[word]
+    return _ANTONYM_WITH_INPUT[k - len(_ANTONYM_INLINE)], word, _ANTONYMS[word]
 
 
 def _chinese_numerals(rng: random.Random) -> tuple[str, str, str]:

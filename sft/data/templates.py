@@ -10,6 +10,7 @@ answer and drops it, so the prompt is byte-identical to the one seen in training
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -30,6 +31,7 @@ class Template:
     stop: tuple[str, ...] = ()  # text markers that end an answer at inference (besides EOS)
     doc: str = ""
     appends_eos: bool = True  # training appends the tokenizer's EOS after the final answer
+    markers: tuple[str, ...] = ()  # control markers a tokenizer built for this template keeps whole (special)
 
 
 def _user_text(m: dict) -> str:
@@ -87,7 +89,8 @@ def _plain(messages: list[dict], system: str | None) -> list[Segment]:
 TEMPLATES: dict[str, Template] = {t.name: t for t in [
     Template("alpaca", _alpaca, ("\n\n### Instruction:",),
              "Stanford Alpaca wording (with and without input); '### Response:' is followed by a newline"),
-    Template("chatml", _chatml, ("<|im_end|>",), "<|im_start|>role ... <|im_end|> turns"),
+    Template("chatml", _chatml, ("<|im_end|>",), "<|im_start|>role ... <|im_end|> turns",
+             markers=("<|im_start|>", "<|im_end|>")),
     Template("plain", _plain, (), "instruction, blank line, input (T5-style source text)"),
 ]}
 
@@ -103,6 +106,11 @@ class JinjaTemplate:
     name: str = "custom"
     stop: tuple[str, ...] = field(default=())
     appends_eos = True  # (not a field) training appends EOS after the final answer, as for built-ins
+
+    @property
+    def markers(self) -> tuple[str, ...]:
+        """<|name|> control markers the source writes (ChatML, Llama 3, Phi): kept whole by a built tokenizer."""
+        return tuple(dict.fromkeys(re.findall(r"<\|[A-Za-z0-9_]+\|>", self.source)))
 
     def __post_init__(self):
         from jinja2 import StrictUndefined, TemplateSyntaxError
