@@ -73,6 +73,34 @@ def test_training_prompt_tokens_equal_inference_prompt_tokens(tmp_path):
             assert feat["input_ids"] == prompt and feat["labels"][-1] == tok.eos_token_id
 
 
+def test_built_tokenizer_keeps_template_markers_whole(tmp_path, monkeypatch):
+    """A BPE built for ChatML (or a Jinja template writing <|name|> markers) has each marker as one special
+    token: prompts are shorter, an answer ends with one <|im_end|> token, and generation stops on it."""
+    from sft.data.templates import get_template, render_training, stop_token_ids
+    from sft.tokenizer import build_tokenizer
+
+    monkeypatch.setenv("SFT_CACHE", str(tmp_path))
+    chatml = get_template("chatml")
+    assert chatml.markers == ("<|im_start|>", "<|im_end|>")
+    jinja = get_template("{{ '<|user|>' + instruction + '<|end|>' }}{{ '<|assistant|>' }}")
+    assert jinja.markers == ("<|user|>", "<|end|>", "<|assistant|>")
+    assert get_template("alpaca").markers == ()
+    texts = ["".join(t for t, _ in render_training(chatml, ALPACA_IN, None))] * 5
+    plain = build_tokenizer("bpe", texts, vocab_size=300, arch="causal")
+    tok = build_tokenizer("bpe", texts, vocab_size=300, arch="causal", markers=chatml.markers)
+    for marker in chatml.markers:
+        assert len(tok.encode(marker, add_special_tokens=False)) == 1
+        assert len(plain.encode(marker, add_special_tokens=False)) > 1
+    assert len(tok.encode(texts[0])) < len(plain.encode(texts[0]))
+    ids = tok.encode(texts[0], add_special_tokens=False)
+    assert tok.decode(ids) == texts[0]  # lossless
+    assert tok.convert_tokens_to_ids("<|im_end|>") in stop_token_ids(tok, chatml.stop)
+    tok.save_pretrained(tmp_path / "saved")
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(tmp_path / "saved").encode(texts[0], add_special_tokens=False) == ids
+
+
 def test_formats_detected_on_shared_files():
     from sft.data.sources import read_rows
 
@@ -190,6 +218,15 @@ def test_synthetic_suite_is_deterministic_and_checkable():
     assert synthetic.to_chinese_number(230) == "二百三十"
     sql = [r for r in synthetic.generate(200, seed=1, tasks=["text_to_sql"]) if "JOIN" in r["output"]]
     assert sql and sql[0]["output"].startswith("SELECT")
+    # every family has enough distinct prompts that deduplication leaves it a real share of a large mix
+    # (antonym once had 144, and fell under 1 % of a 21k-row quickstart)
+    for task in synthetic.TASKS:
+        rows = synthetic.generate(2000, seed=0, tasks=[task])
+        assert len({(r["instruction"], r["input"]) for r in rows}) >= 900, task
+    for r in synthetic.generate(2000, seed=0, tasks=["antonym"]):
+        ins = r["instruction"]
+        word = r["input"] or (ins.split("'")[1] if "'" in ins else ins.rstrip(".?:").split()[-1])
+        assert synthetic._ANTONYMS[word] == r["output"], r
 
 
 def test_multi_turn_chat_files():
