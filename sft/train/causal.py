@@ -32,6 +32,7 @@ def compact_cpu_lm_head() -> bool:
             return device.type == "cpu" or check(device)
 
         use_compact._sft_cpu_compact = True
+        use_compact._sft_original = check
         trl_utils._use_triton = use_compact
     return True
 
