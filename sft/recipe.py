@@ -107,6 +107,15 @@ class DataConfig:
                                       "has data keeps at least one example); rows beyond it stay in train.", min=1)
     seed: int = _f(42, help="Seed for mixing, shuffling and splitting.", min=0)
     clean: CleanConfig = _f(help="Cleaning steps (each drop is counted).", factory=CleanConfig)
+    num_proc: int = _f(1, help="Processes that render and tokenise (the output is identical for any count).", min=1)
+    cache: bool = _f(True, help="Keep the tokenised training set and its splits in a cache keyed by this data "
+                     "section, each source's content, the tokenizer, the template and the sft version: a second "
+                     "start memory-maps it instead of re-tokenising (under torchrun, rank 0 builds it once).")
+    cache_dir: str | None = _f(None, help="Where the tokenised cache lives (default: $SFT_CACHE/data, else "
+                               "~/.cache/sft/data).")
+    streaming: bool = _f(False, help="Read the sources lazily (Parquet / jsonl(.gz) files and globs, Hub ids) for "
+                         "corpora bigger than memory: mixed by weight with interleave_datasets, split by the "
+                         "prompt hash, tokenised on the fly. Needs train.max_steps; exact-duplicate removal is off.")
 
 
 @dataclass
@@ -263,6 +272,8 @@ class Recipe:
         d["train"].pop("output_dir", None)
         d.pop("hub", None)
         d.pop("eval", None)
+        for key in ("num_proc", "cache", "cache_dir"):  # how the data is prepared, not what it is
+            d["data"].pop(key, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -468,6 +479,12 @@ def _validate_combinations(r: Recipe) -> None:
                           fix="add at least one source, e.g. '- path: builtin:synthetic'")
     if r.data.eval_ratio + r.data.test_ratio >= 1.0:
         raise RecipeError("eval_ratio + test_ratio must be < 1", file=file, field="data.eval_ratio")
+    if r.data.streaming and r.train.max_steps <= 0:
+        raise RecipeError("data.streaming needs a step budget: a stream has no length to count epochs by", file=file,
+                          field="train.max_steps", fix="set train.max_steps to the number of optimiser steps")
+    if r.data.streaming and r.train.evals_per_epoch:
+        raise RecipeError("a stream has no epochs to divide", file=file, field="train.evals_per_epoch",
+                          fix="use train.eval_steps instead")
     from .evaluation.metrics import METRICS
 
     for m in r.eval.metrics:

@@ -89,6 +89,7 @@ def test_two_processes_match_one_process(tmp_path):
         r["train"]["logging_steps"] = 1
         r["eval"].update(before=True, after=True, metrics=["perplexity", "rouge", "exact_match"],
                          during_training={"metrics": ["rouge"], "max_samples": 8})
+        r["data"]["cache_dir"] = str(tmp_path / f"cache-{out.name}")  # each run tokenises into its own cache
         return write_recipe(tmp_path / f"{out.name}.yaml", r)
 
     one = run_cli("train", recipe(tmp_path / "one", 8))
@@ -98,6 +99,16 @@ def test_two_processes_match_one_process(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     assert two.stdout.count("[sft] done") == 1 and two.stdout.count("trainable parameters") == 1  # rank 0 only
+    # rank 0 tokenised once while rank 1 waited, then read the same cache entry; it equals one process's
+    assert two.stdout.count("training data tokenised and cached") == 1, two.stdout[-3000:]
+    assert "[sft] rank 0: training data tokenised and cached" in two.stdout
+    assert "[sft] rank 1: training data read from the cache" in two.stdout
+    from datasets import load_from_disk
+
+    (entry_one,), (entry_two,) = (os.listdir(tmp_path / f"cache-{n}") for n in ("one", "two"))
+    assert entry_one == entry_two
+    d1, d2 = (load_from_disk(str(tmp_path / f"cache-{n}" / entry_one / "train")) for n in ("one", "two"))
+    assert d1.to_list() == d2.to_list() and len(d1) > 100
     summary = json.loads((tmp_path / "two" / "train_summary.json").read_text())
     assert summary["world_size"] == 2
     events = [f for _, _, fs in os.walk(tmp_path / "two") for f in fs if f.startswith("events.out")]

@@ -164,15 +164,16 @@ def run_trl(v: dict, args, work: str) -> dict:
     from sft.data.pipeline import final_answer, prompt_text
     from sft.families import family_of
     from sft.modeling import count_parameters, load_model, lora_targets, run_precision
-    from sft.prepare import prepare_data
+    from sft.data.pipeline import load_splits
+    from sft.modeling import get_tokenizer
     from sft.train.callbacks import JsonlLogger
     from sft.train.run import peak_memory_mb
 
     recipe = recipe_for(v, args, work)
-    prep = prepare_data(recipe, "causal")
-    tok = prep.tokenizer
+    splits = load_splits(recipe.data, recipe_file=recipe.path)  # the records, as sft's pipeline splits them
+    tok = get_tokenizer(recipe, splits.train, "causal")
     ds = Dataset.from_list([{"prompt": prompt_text(r, recipe.data.template),
-                             "completion": final_answer(r) + tok.eos_token} for r in prep.splits.train])
+                             "completion": final_answer(r) + tok.eos_token} for r in splits.train])
     precision = run_precision(recipe)
     model = load_model(recipe, tok, "causal", precision=precision)
     peft_config = None

@@ -73,29 +73,42 @@ def load_source(src: SourceConfig, index: int, *, field_prefix: str, seed: int, 
     name = name or sources.source_name(src.path)
     if not rows:
         raise DataError("source has no rows", file=src.path, field=f"{field_name}.path")
+    fmt = source_format(src, rows, field_name, recipe_file)
+    records, rows_dropped = records_from_rows(src, fmt, rows, name, report)
+    key = name if field_prefix == "data.sources" else f"{name} ({field_prefix.split('.')[-1]}, {src.split})"
+    per_source[key] = {"path": src.path, "format": fmt, "rows": len(rows), "examples": len(records),
+                       "rows_dropped": rows_dropped, "detected": src.format == "auto",
+                       "role": "train" if field_prefix == "data.sources" else "eval"}
+    return records
+
+
+def source_format(src: SourceConfig, sample: list[dict], field_name: str, recipe_file: str | None) -> str:
+    """The source's format (detected from `sample` rows when auto), its columns checked against them."""
     fmt = src.format
     if fmt == "auto":
         fmt = "columns" if src.columns and not set(src.columns) <= {"task"} else \
-            formats.detect_format(rows, file=src.path, field=f"{field_name}.format")
+            formats.detect_format(sample, file=src.path, field=f"{field_name}.format")
     elif fmt not in formats.FORMATS:
         import difflib
 
         close = difflib.get_close_matches(fmt, list(formats.FORMATS), n=1)
         raise DataError(f"unknown format {fmt!r}", file=recipe_file, field=f"{field_name}.format",
                         fix=f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(formats.FORMATS)}")
-    formats.check_columns(fmt, rows, src.columns, file=src.path, field=field_name)
+    formats.check_columns(fmt, sample, src.columns, file=src.path, field=field_name)
+    return fmt
+
+
+def records_from_rows(src: SourceConfig, fmt: str, rows: list[dict], name: str,
+                      report: DropReport) -> tuple[list[dict], int]:
+    """Raw rows -> canonical records (messages, task, source), and how many rows could not be converted (each
+    counted in `report` by reason)."""
     if src.replace:
         rows = [_replace_placeholders(r, src.replace) for r in rows]
     converted, drops = formats.convert_rows(fmt, rows, src.columns)
     for reason, n in drops.items():
         report.drop(f"{name}: {reason}", n)
-    records = [{"messages": msgs, "task": _task_of(src, row, name), "source": name,
-                **({"allow_empty_prompt": True} if fmt == "text" else {})} for msgs, row in converted]
-    key = name if field_prefix == "data.sources" else f"{name} ({field_prefix.split('.')[-1]}, {src.split})"
-    per_source[key] = {"path": src.path, "format": fmt, "rows": len(rows), "examples": len(records),
-                       "rows_dropped": sum(drops.values()), "detected": src.format == "auto",
-                       "role": "train" if field_prefix == "data.sources" else "eval"}
-    return records
+    return [{"messages": msgs, "task": _task_of(src, row, name), "source": name,
+             **({"allow_empty_prompt": True} if fmt == "text" else {})} for msgs, row in converted], sum(drops.values())
 
 
 def _replace_placeholders(row, mapping: dict):
@@ -291,6 +304,65 @@ def _tokenize_many(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
+def encode_rows(records: list[dict], tokenizer, template, *, arch: str, max_length: int, overlong: str = "drop",
+                system: str | None = None, final_only: bool = False) -> list[tuple]:
+    """Per record: (feature or None, drop reason or None, edit or None, token length before trimming or None).
+    The one implementation behind `encode` (lists) and the batched Arrow stage (`arrow.encode_dataset`)."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise DataError("tokenizer has no EOS token", field="model.tokenizer", fix="use a tokenizer with an eos_token")
+    rendered, out = [], []
+    for r in records:
+        try:
+            rendered.append(render_training(template, r["messages"], system))
+        except TemplateRejected as e:  # one conversation the chat template refuses: dropped and counted
+            rendered.append(e.reason)
+    flat = [t for segs in rendered if not isinstance(segs, str) for t, _ in segs]
+    ids_flat = iter(_tokenize_many(tokenizer, flat))
+    no_answer = "no trained token (no answer, or every answer has loss_weight 0)"
+    for rec, segs in zip(records, rendered):
+        if isinstance(segs, str):
+            out.append((None, segs, None, None))
+            continue
+        seg_ids = [(next(ids_flat), trained) for _, trained in segs]
+        last = max((i for i, (_, t) in enumerate(seg_ids) if t), default=None)
+        if last is None:
+            out.append((None, no_answer, None, None))
+            continue
+        edit = None
+        if arch == "seq2seq":
+            src = [i for ids, _ in seg_ids[:last] for i in ids] + [eos]
+            tgt = seg_ids[last][0] + [eos]
+            length = len(src) + len(tgt)
+            if len(src) > max_length or len(tgt) > max_length:
+                if overlong == "drop":
+                    out.append((None, f"longer than max_length={max_length} tokens", None, length))
+                    continue
+                edit = f"trimmed to max_length={max_length} tokens"
+                src, tgt = src[: max_length - 1] + [eos], tgt[: max_length - 1] + [eos]
+            out.append(({"input_ids": src, "labels": tgt, "task": rec["task"]}, None, edit, length))
+            continue
+        input_ids, labels = [], []
+        for i, (ids, trained) in enumerate(seg_ids):
+            input_ids += ids
+            labels += ids if trained and (not final_only or i == last) else [-100] * len(ids)
+        if template.appends_eos:
+            input_ids.append(eos)
+            labels.append(eos)
+        length = len(input_ids)
+        if length > max_length:
+            if overlong == "drop":
+                out.append((None, f"longer than max_length={max_length} tokens", None, length))
+                continue
+            input_ids, labels = input_ids[:max_length], labels[:max_length]
+            if all(x == -100 for x in labels):
+                out.append((None, f"prompt fills max_length={max_length} (answer fully truncated)", None, length))
+                continue
+            edit = f"trimmed to max_length={max_length} tokens"
+        out.append(({"input_ids": input_ids, "labels": labels, "task": rec["task"]}, None, edit, length))
+    return out
+
+
 def encode(records: list[dict], tokenizer, template_spec: str, *, arch: str, max_length: int,
            overlong: str = "drop", system: str | None = None, report: DropReport | None = None,
            final_only: bool = False) -> Encoded:
@@ -300,67 +372,20 @@ def encode(records: list[dict], tokenizer, template_spec: str, *, arch: str, max
     template = get_template(template_spec, tokenizer)
     report = report or DropReport()
     counted: set[int] = set()
-
-    def drop(rec: dict, reason: str) -> None:
-        # a record repeated by up-weighting is one example: count it once per source
-        report.drop(reason, 1, source=None if id(rec) in counted else rec.get("source"))
-        counted.add(id(rec))
-
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise DataError("tokenizer has no EOS token", field="model.tokenizer", fix="use a tokenizer with an eos_token")
-    rendered = []
-    for r in records:
-        try:
-            rendered.append(render_training(template, r["messages"], system))
-        except TemplateRejected as e:  # one conversation the chat template refuses: dropped and counted
-            rendered.append(None)
-            drop(r, e.reason)
-    flat = [t for segs in rendered if segs is not None for t, _ in segs]
-    ids_flat = iter(_tokenize_many(tokenizer, flat))
     feats, kept, lengths = [], [], []
-    for rec, segs in zip(records, rendered):
-        if segs is None:
+    rows = encode_rows(records, tokenizer, template, arch=arch, max_length=max_length, overlong=overlong,
+                       system=system, final_only=final_only)
+    for rec, (feat, reason, edit, length) in zip(records, rows):
+        if length is not None:
+            lengths.append(length)
+        if reason is not None:
+            # a record repeated by up-weighting is one example: count it once per source
+            report.drop(reason, 1, source=None if id(rec) in counted else rec.get("source"))
+            counted.add(id(rec))
             continue
-        seg_ids = [(next(ids_flat), trained) for _, trained in segs]
-        if arch == "seq2seq":
-            last = max((i for i, (_, t) in enumerate(seg_ids) if t), default=None)
-            if last is None:
-                drop(rec, "no trained token (no answer, or every answer has loss_weight 0)")
-                continue
-            src = [i for ids, _ in seg_ids[:last] for i in ids] + [eos]
-            tgt = seg_ids[last][0] + [eos]
-            lengths.append(len(src) + len(tgt))
-            if len(src) > max_length or len(tgt) > max_length:
-                if overlong == "drop":
-                    drop(rec, f"longer than max_length={max_length} tokens")
-                    continue
-                report.edit(f"trimmed to max_length={max_length} tokens")
-                src, tgt = src[: max_length - 1] + [eos], tgt[: max_length - 1] + [eos]
-            feats.append({"input_ids": src, "labels": tgt, "task": rec["task"]})
-        else:
-            input_ids, labels = [], []
-            last = max((i for i, (_, t) in enumerate(seg_ids) if t), default=None)
-            if last is None:
-                drop(rec, "no trained token (no answer, or every answer has loss_weight 0)")
-                continue
-            for i, (ids, trained) in enumerate(seg_ids):
-                input_ids += ids
-                labels += ids if trained and (not final_only or i == last) else [-100] * len(ids)
-            if template.appends_eos:
-                input_ids.append(eos)
-                labels.append(eos)
-            lengths.append(len(input_ids))
-            if len(input_ids) > max_length:
-                if overlong == "drop":
-                    drop(rec, f"longer than max_length={max_length} tokens")
-                    continue
-                input_ids, labels = input_ids[:max_length], labels[:max_length]
-                if all(x == -100 for x in labels):
-                    drop(rec, f"prompt fills max_length={max_length} (answer fully truncated)")
-                    continue
-                report.edit(f"trimmed to max_length={max_length} tokens")
-            feats.append({"input_ids": input_ids, "labels": labels, "task": rec["task"]})
+        if edit:
+            report.edit(edit)
+        feats.append(feat)
         kept.append(rec)
     return Encoded(feats, kept, report, lengths)
 

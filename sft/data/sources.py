@@ -20,7 +20,13 @@ LOCAL_EXTS = (".json", ".jsonl", ".csv", ".parquet")
 def source_name(path: str) -> str:
     if path.startswith("builtin:"):
         return path.split(":", 1)[1] or "synthetic"
-    base = os.path.basename(path.rstrip("/"))
+    parts = path.rstrip("/").split("/")
+    # a glob (shards/*.parquet) is named by the folder its pattern sits in
+    while len(parts) > 1 and any(c in parts[-1] for c in "*?["):
+        parts.pop()
+    base = parts[-1]
+    if base.endswith(".gz"):
+        base = base[:-3]
     for ext in LOCAL_EXTS:
         if base.endswith(ext):
             return base[: -len(ext)]

@@ -37,7 +37,7 @@ def compact_cpu_lm_head() -> bool:
     return True
 
 
-def build_trainer(recipe: Recipe, model, tokenizer, train_features: list[dict], args_kwargs: dict, callbacks,
+def build_trainer(recipe: Recipe, model, tokenizer, train_features, args_kwargs: dict, callbacks,
                   eval_features: list[dict] | None = None):
     from ..switches import sft_config_arguments
 
@@ -45,7 +45,11 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_features: list[dict], 
 
     from ..passthrough import build_args
 
-    args = build_args(SFTConfig, {"dataset_num_proc": None, **sft_config_arguments(recipe), **args_kwargs}, recipe)
+    # features arrive tokenised, labelled and cut to max_length: TRL's preparation would only re-map them (over a
+    # whole memory-mapped corpus, at every start), so it runs only where it packs
+    skip = {} if recipe.train.packing else {"dataset_kwargs": {"skip_prepare_dataset": True}}
+    args = build_args(SFTConfig, {"dataset_num_proc": None, **skip, **sft_config_arguments(recipe), **args_kwargs},
+                      recipe)
     dataset = _dataset(train_features)
     # sft's own evaluator scores during training; the Trainer only needs an eval set to schedule it
     eval_dataset = _dataset(eval_features) if eval_features else None
@@ -53,5 +57,9 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_features: list[dict], 
                              callbacks=callbacks, eval_dataset=eval_dataset)
 
 
-def _dataset(features: list[dict]) -> Dataset:
-    return Dataset.from_list([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
+def _dataset(features):
+    """The trainer's view: a list of feature dicts (evaluation sets), or the prepared Arrow / streaming dataset
+    read directly."""
+    if isinstance(features, list):
+        return Dataset.from_list([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
+    return features.select_columns(["input_ids", "labels"])

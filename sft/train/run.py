@@ -200,6 +200,17 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def say_data_source(prep) -> None:
+    """Where this rank's training data came from (every rank says it: rank 0 tokenises, the others read)."""
+    where = {"built": "tokenised and cached in", "hit": "read from the cache", "off": "tokenised (cache off)",
+             "streaming": "streamed (tokenised on the fly)"}[prep.cache]
+    line = f"training data {where}" + (f" {prep.cache_path}" if prep.cache in ("built", "hit") else "")
+    if world_size() > 1:
+        print(f"[sft] rank {rank()}: {line}", flush=True)
+    else:
+        say(line)
+
+
 def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> dict:
     """Train per the recipe; returns the training summary (with "eval": metrics when evaluated)."""
     out = recipe.train.output_dir
@@ -237,11 +248,13 @@ def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -
     splits, tokenizer, enc = prep.splits, prep.tokenizer, prep.train
     for line in accounting_lines(prep.accounting):
         say(line)
-    if not enc.features:
+    say_data_source(prep)
+    n_train = prep.summary()["train"]
+    if n_train == 0:
         raise TrainError("no training example fits", file=recipe.path, field="data.max_length",
                          fix=f"raise data.max_length or set data.clean.overlong: trim ({splits.report.to_dict()})")
     drops = splits.report.to_dict()
-    say(f"train {len(enc.features)} examples, eval {len(splits.eval)}, test {len(splits.test)}; "
+    say(f"train {'a stream of' if n_train is None else n_train} examples, eval {len(splits.eval)}, test {len(splits.test)}; "
         f"dropped {drops['dropped'] or 'none'}")
     fingerprint = rundir.data_fingerprint(recipe, tokenizer, splits)
     if resume_from:
@@ -287,7 +300,7 @@ def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -
     builder = seq2seq if arch == "seq2seq" else causal
     resume_step = _step(resume_from) if resume_from else None
     callbacks = [JsonlLogger(os.path.join(out, rundir.TRAIN_LOG), resume_step)] if rank() == 0 else []
-    eval_steps = resolve_eval_steps(recipe, len(enc.features))
+    eval_steps = resolve_eval_steps(recipe, n_train or 0)
     stopper = None
     if eval_steps and recipe.train.early_stopping_patience:
         from transformers import EarlyStoppingCallback
@@ -301,7 +314,7 @@ def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -
     if eval_steps:
         eval_features = run.prompt_format(tokenizer).encode_train(splits.eval, overlong="trim",
                                                                    final_only=True).features
-    trainer = builder.build_trainer(recipe, model, tokenizer, enc.features,
+    trainer = builder.build_trainer(recipe, model, tokenizer, enc.dataset,
                                     training_arguments(recipe, on_gpu=on_gpu, eval_steps=eval_steps,
                                                        precision=precision) | fsdp_arguments(recipe, model),
                                     callbacks,
@@ -328,7 +341,7 @@ def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -
     tokens_seen = trainer.state.num_input_tokens_seen - tokens_before
     summary = {
         "train_loss": result.training_loss, "global_step": trainer.state.global_step,
-        "train_runtime_s": round(elapsed, 3), "train_examples": len(enc.features),
+        "train_runtime_s": round(elapsed, 3), "train_examples": n_train,
         "tokens_per_second": round(tokens_seen / max(elapsed, 1e-9), 1),
         "trainable_params": trainable, "total_params": total, "peak_memory_mb": round(peak_memory_mb(), 1),
         "world_size": world_size(), "distributed": _distributed_kind(trainer),

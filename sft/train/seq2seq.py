@@ -14,7 +14,7 @@ class GuardedSeq2SeqTrainer(NonFiniteLossGuard, EvaluatingTrainer, Seq2SeqTraine
     pass
 
 
-def build_trainer(recipe: Recipe, model, tokenizer, train_features: list[dict], args_kwargs: dict, callbacks,
+def build_trainer(recipe: Recipe, model, tokenizer, train_features, args_kwargs: dict, callbacks,
                   eval_features: list[dict] | None = None):
     from ..passthrough import build_args
 
@@ -27,5 +27,9 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_features: list[dict], 
                                  processing_class=tokenizer, callbacks=callbacks, eval_dataset=eval_dataset)
 
 
-def _dataset(features: list[dict]) -> Dataset:
-    return Dataset.from_list([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
+def _dataset(features):
+    """The trainer's view: a list of feature dicts (evaluation sets), or the prepared Arrow / streaming dataset
+    read directly."""
+    if isinstance(features, list):
+        return Dataset.from_list([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
+    return features.select_columns(["input_ids", "labels"])

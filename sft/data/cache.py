@@ -1,0 +1,131 @@
+"""The tokenised data cache: one folder per key, written whole then renamed into place.
+
+An entry holds the tokenised training set (Arrow, memory-mapped on load), the eval/test records, the drop
+report, the per-source accounting and, for tokenizers built from the data, the tokenizer. Its key covers
+the data section of the recipe, each source's content hash, the tokenizer, the template, the sft version
+and the source code of the data pipeline, so any change to one of them is a miss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import uuid
+
+FORMAT = 1
+META = "meta.json"
+TRAIN = "train"
+TOKENIZER = "tokenizer"
+
+
+def cache_dir(data_cfg, default_root: str) -> str:
+    """data.cache_dir, else `data` under sft's cache root."""
+    return os.path.expanduser(data_cfg.cache_dir) if data_cfg.cache_dir else os.path.join(default_root, "data")
+
+
+def code_digest(extra_files: list[str] = ()) -> str:
+    """The data pipeline's own source (this package, plus `extra_files`): a cache written by other code is never
+    reused (covers dev installs, where the version string does not move)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    h = hashlib.sha256()
+    for path in sorted(os.path.join(here, f) for f in os.listdir(here) if f.endswith(".py")) + list(extra_files):
+        with open(path, "rb") as fh:
+            h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+def key_parts(recipe, arch: str, tokenizer, *, version: str, code: str) -> dict:
+    """Everything the cached result depends on. `tokenizer` is None for tokenizers built from the data (then the
+    recipe's tokenizer settings and the data itself determine it); `version` and `code` identify sft."""
+    import dataclasses
+
+    from ..rundir import file_digest, source_fingerprint, template_digest, tokenizer_digest
+
+    d = recipe.data
+    data = dataclasses.asdict(d)
+    for k in ("num_proc", "cache", "cache_dir"):  # how it is prepared, not what it is
+        data.pop(k)
+    m = recipe.model
+    if tokenizer is None:
+        tok = {"built": m.tokenizer or m.name, "vocab_size": m.tokenizer_vocab_size}
+    else:
+        tok = {"digest": tokenizer_digest(tokenizer), "class": type(tokenizer).__name__,
+               "eos": tokenizer.eos_token_id}
+    chat = d.chat_template_path
+    return {"format": FORMAT, "sft": version, "code": code, "arch": arch, "data": data,
+            "sources": [source_fingerprint(s) for s in d.sources],
+            "eval_sources": [source_fingerprint(s) for s in d.eval_sources],
+            "template": template_digest(d.template),
+            "chat_template": file_digest(chat) if chat and os.path.isfile(chat) else chat, "tokenizer": tok}
+
+
+def key_of(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:24]
+
+
+def entry_path(root: str, key: str) -> str:
+    return os.path.join(root, key)
+
+
+def load(root: str, key: str):
+    """(train dataset, meta, tokenizer dir or None), or None on a miss or an unreadable entry."""
+    from datasets import load_from_disk
+
+    path = entry_path(root, key)
+    try:
+        with open(os.path.join(path, META), encoding="utf-8") as fh:
+            meta = json.load(fh)
+        if meta.get("format") != FORMAT or meta.get("key") != key:
+            return None
+        train = load_from_disk(os.path.join(path, TRAIN))
+    except (OSError, ValueError, IndexError):  # missing, damaged or empty: a miss (store replaces it)
+        return None
+    tok_dir = os.path.join(path, TOKENIZER)
+    return train, meta, tok_dir if os.path.isdir(tok_dir) else None
+
+
+@contextlib.contextmanager
+def workdir(root: str):
+    """A private scratch folder beside the entries for the intermediate tables of one build; removed after."""
+    import shutil
+    import tempfile
+
+    os.makedirs(root, exist_ok=True)
+    path = tempfile.mkdtemp(prefix=".build-", dir=root)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)  # ours alone: mkdtemp made it for this build
+
+
+def store(root: str, key: str, train, meta: dict, tokenizer=None) -> str:
+    """Write the entry into a private temporary folder, then rename it into place (atomic: a reader sees all
+    of it or none). If another process stored the same key first, this copy (ours) is removed."""
+    import shutil
+
+    os.makedirs(root, exist_ok=True)
+    final = entry_path(root, key)
+    tmp = f"{final}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        train.save_to_disk(os.path.join(tmp, TRAIN))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(os.path.join(tmp, TOKENIZER))
+        with open(os.path.join(tmp, META), "w", encoding="utf-8") as fh:
+            json.dump({**meta, "format": FORMAT, "key": key}, fh, ensure_ascii=False)
+        if os.path.isdir(final) and load(root, key) is None:
+            # an entry sft wrote that no longer reads (damaged, or an older format): set it aside, then replace
+            stale = f"{final}.stale-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            os.rename(final, stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not os.path.isdir(final):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # someone else's identical entry won the race
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # only our own temporary folder
+        raise
+    return final

@@ -1,0 +1,260 @@
+"""Data at scale: the Arrow tokenising stage (num_proc), the tokenised cache, streaming with resume."""
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, run_cli, tiny_recipe, write_recipe
+from sft.errors import DataError, RecipeError
+from sft.recipe import recipe_from_dict
+
+
+def _rows(prep):
+    ds = prep.train.dataset
+    return [ds[i] for i in range(len(ds))]
+
+
+def _mixed_recipe(tmp_path, **data):
+    """Two sources (one up-weighted, so copies exist), a too-long example dropped, a test split."""
+    long = tmp_path / "long.jsonl"
+    long.write_text("".join(json.dumps({"instruction": f"q{i} " + "word " * (200 if i % 7 == 0 else 3),
+                                        "output": f"a{i}"}) + "\n" for i in range(60)))
+    r = tiny_recipe("gpt2", tmp_path / "out", n=300)
+    r["data"]["sources"] = [{"path": "builtin:synthetic", "num_examples": 300},
+                            {"path": str(long), "weight": 2.5}]
+    r["data"].update(test_ratio=0.05, cache_dir=str(tmp_path / "cache"), **data)
+    return r
+
+
+def test_arrow_stage_equals_list_encode_and_num_proc_2_equals_1(tmp_path):
+    from sft.data.pipeline import encode
+    from sft.prepare import build
+
+    r = recipe_from_dict(_mixed_recipe(tmp_path), path="r.yaml")
+    one = build(r, "causal")
+    two = build(recipe_from_dict(_mixed_recipe(tmp_path, num_proc=2), path="r.yaml"), "causal")
+    assert _rows(one) == _rows(two) and len(one.train) > 300
+    assert one.splits.report.to_dict() == two.splits.report.to_dict()
+    assert one.splits.report.dropped["longer than max_length=128 tokens"] > 0
+    assert one.accounting == two.accounting and all(a["balanced"] for a in one.accounting.values())
+    assert one.train.length_stats == two.train.length_stats and one.tasks == two.tasks
+    # the list path (kept for evaluation sets) gives the same features, drops and lengths
+    from sft.data.pipeline import load_splits
+
+    splits = load_splits(r.data)
+    enc = encode(splits.train, one.tokenizer, "alpaca", arch="causal", max_length=128, report=splits.report)
+    assert [{"input_ids": f["input_ids"], "labels": f["labels"], "task": f["task"]} for f in enc.features] == \
+        [{k: row[k] for k in ("input_ids", "labels", "task")} for row in _rows(one)]
+    assert splits.report.to_dict() == one.splits.report.to_dict()
+
+
+def test_cache_hit_reads_no_source_and_equals_the_build(tmp_path, monkeypatch):
+    from sft.data import sources
+    from sft.prepare import prepare_data
+
+    r = recipe_from_dict(_mixed_recipe(tmp_path), path="r.yaml")
+    first = prepare_data(r, "causal")
+    assert first.cache == "built" and os.path.isdir(first.cache_path)
+
+    def no_reading(*a, **k):
+        raise AssertionError("a cache hit read a source")
+
+    monkeypatch.setattr(sources, "read_rows", no_reading)
+    second = prepare_data(r, "causal")
+    assert second.cache == "hit" and second.cache_path == first.cache_path
+    assert _rows(first) == _rows(second)
+    assert second.splits.eval == first.splits.eval and second.splits.test == first.splits.test
+    assert second.splits.report.to_dict() == first.splits.report.to_dict()
+    assert second.splits.report.dropped_by_source == first.splits.report.dropped_by_source
+    assert second.accounting == first.accounting and second.tasks == first.tasks
+    assert second.tokenizer.get_vocab() == first.tokenizer.get_vocab()  # the built tokenizer travels with it
+    assert second.train.dataset.cache_files  # memory-mapped from the entry, not loaded into memory
+    assert not [f for f in os.listdir(tmp_path / "cache") if ".tmp-" in f]
+
+
+@pytest.mark.parametrize("change", ["data", "source", "tokenizer", "template", "version", "code"])
+def test_each_key_part_invalidates_the_cache(tmp_path, monkeypatch, change):
+    from sft.data import cache
+    from sft.prepare import prepare_data
+
+    d = _mixed_recipe(tmp_path)
+    base = prepare_data(recipe_from_dict(d, path="r.yaml"), "causal")
+    assert prepare_data(recipe_from_dict(d, path="r.yaml"), "causal").cache == "hit"
+    if change == "data":
+        d["data"]["max_length"] = 96
+    elif change == "source":
+        with open(d["data"]["sources"][1]["path"], "a") as fh:
+            fh.write(json.dumps({"instruction": "one more", "output": "row"}) + "\n")
+    elif change == "tokenizer":
+        d["model"]["tokenizer_vocab_size"] = 420
+    elif change == "template":
+        d["data"]["template"] = "chatml"
+    elif change == "version":
+        monkeypatch.setattr("sft.__version__", "99.0")
+    else:
+        monkeypatch.setattr(cache, "code_digest", lambda files=(): "other code")
+    again = prepare_data(recipe_from_dict(d, path="r.yaml"), "causal")
+    assert again.cache == "built" and again.cache_path != base.cache_path
+    # and nothing but the number of workers is ignored
+    same = prepare_data(recipe_from_dict({**d, "data": {**d["data"], "num_proc": 2}}, path="r.yaml"), "causal")
+    assert same.cache == "hit"
+
+
+def test_pretrained_tokenizer_is_part_of_the_key(tmp_path):
+    from conftest import shared
+    from sft.prepare import prepare_data
+
+    gpt2 = shared("tokenizers", "gpt2")
+    d = _mixed_recipe(tmp_path)
+    d["model"]["tokenizer"] = gpt2
+    first = prepare_data(recipe_from_dict(d, path="r.yaml"), "causal")
+    assert prepare_data(recipe_from_dict(d, path="r.yaml"), "causal").cache == "hit"
+    import shutil
+
+    other = tmp_path / "gpt2-more"
+    shutil.copytree(gpt2, other)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(other))
+    tok.add_tokens(["<extra>"])
+    tok.save_pretrained(str(other))
+    d["model"]["tokenizer"] = str(other)
+    again = prepare_data(recipe_from_dict(d, path="r.yaml"), "causal")
+    assert again.cache == "built" and again.cache_path != first.cache_path
+
+
+def test_damaged_entry_is_rebuilt(tmp_path):
+    from sft.prepare import prepare_data
+
+    r = recipe_from_dict(_mixed_recipe(tmp_path), path="r.yaml")
+    first = prepare_data(r, "causal")
+    rows = _rows(first)
+    (tmp_path / "cache" / os.path.basename(first.cache_path) / "meta.json").write_text("{truncated")
+    again = prepare_data(r, "causal")
+    assert again.cache == "built" and _rows(again) == rows
+    assert prepare_data(r, "causal").cache == "hit"
+
+
+def test_sft_data_prepare_builds_then_hits(tmp_path, capsys):
+    from sft.cli import main
+
+    path = write_recipe(tmp_path / "r.yaml", _mixed_recipe(tmp_path))
+    assert main(["data", path, "--prepare"]) == 0
+    out = capsys.readouterr().out
+    assert "built:" in out and str(tmp_path / "cache") in out and "source synthetic:" in out
+    assert main(["data", path, "--prepare"]) == 0
+    assert "already cached:" in capsys.readouterr().out
+    assert main(["data", path, "--prepare", "data.cache=false"]) == 2
+    assert "data.cache" in capsys.readouterr().err
+
+
+# ---- streaming ---------------------------------------------------------------------------------
+
+def _shards(tmp_path, n=1200):
+    """The synthetic suite written as Parquet shards (as Spark / datatrove write them) and gzipped JSON lines."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sft.data.synthetic import generate
+
+    rows = generate(n, seed=5)
+    pq_dir = tmp_path / "parquet"
+    pq_dir.mkdir()
+    third = n // 3
+    for i in range(2):
+        pq.write_table(pa.Table.from_pylist(rows[i * third:(i + 1) * third]), pq_dir / f"part-{i:05d}.parquet")
+    with gzip.open(tmp_path / "rest.jsonl.gz", "wt", encoding="utf-8") as fh:
+        for row in rows[2 * third:]:
+            fh.write(json.dumps({"prompt": row["instruction"] + " " + row["input"], "completion": row["output"]}) + "\n")
+    return str(pq_dir / "*.parquet"), str(tmp_path / "rest.jsonl.gz")
+
+
+def _stream_recipe(tmp_path, out, steps=16, **train):
+    parquet, jsonl = _shards(tmp_path) if not (tmp_path / "parquet").exists() else \
+        (str(tmp_path / "parquet" / "*.parquet"), str(tmp_path / "rest.jsonl.gz"))
+    r = tiny_recipe("gpt2", out, steps=steps, **{f"train__{k}": v for k, v in train.items()})
+    r["data"].update(streaming=True, sources=[{"path": parquet, "weight": 3.0}, {"path": jsonl, "weight": 1.0}],
+                     eval_ratio=0.05, test_ratio=0.05, max_eval_samples=12)
+    r["model"]["config_overrides"].update(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    return r
+
+
+def test_streaming_splits_by_hash_and_mixes_by_weight(tmp_path, monkeypatch):
+    from itertools import islice
+
+    monkeypatch.setattr("datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)  # datasets' 5 s pause per closed stream
+
+    from sft.data.clean import prompt_key
+    from sft.data.pipeline import split_hash
+    from sft.data.stream import _mixed, _source_streams
+    from sft.prepare import prepare_data
+    from sft.data.clean import DropReport
+
+    r = recipe_from_dict(_stream_recipe(tmp_path, tmp_path / "o"), path="s.yaml")
+    prep = prepare_data(r, "causal")
+    assert prep.cache == "streaming" and len(prep.splits.eval) == 12
+    assert all(split_hash(prompt_key(e), 42) < 0.05 for e in prep.splits.eval)
+    streams, _ = _source_streams(r.data, DropReport(), "s.yaml")
+    records = [json.loads(x["record"]) for x in islice(iter(_mixed(streams, r.data, {prompt_key(e) for e in
+                                                                                     prep.splits.eval},
+                                                                   DropReport())), 600)]
+    scored = {prompt_key(e) for e in prep.splits.eval}
+    assert not scored & {prompt_key(x) for x in records}
+    assert not [x for x in records if 0.05 <= split_hash(prompt_key(x), 42) < 0.10]  # the test side never trains
+    share = sum(x["source"] == "parquet" for x in records) / len(records)
+    assert 0.68 < share < 0.82  # weights 3 : 1
+    batch = list(islice(iter(prep.train.dataset), 4))
+    assert set(batch[0]) == {"input_ids", "labels"} and all(len(b["input_ids"]) <= 128 for b in batch)
+
+
+def test_streaming_needs_max_steps_and_readable_shards(tmp_path):
+    d = _stream_recipe(tmp_path, tmp_path / "o")
+    d["train"]["max_steps"] = -1
+    with pytest.raises(RecipeError, match="train.max_steps"):
+        recipe_from_dict(d, path="s.yaml")
+    bad = tmp_path / "mixed"
+    bad.mkdir()
+    (bad / "a.parquet").write_bytes(b"x")
+    (bad / "b.jsonl").write_text("{}\n")
+    d = _stream_recipe(tmp_path, tmp_path / "o")
+    d["data"]["sources"] = [{"path": str(bad)}]
+    from sft.prepare import prepare_data
+
+    with pytest.raises(DataError, match="mixed file types"):
+        prepare_data(recipe_from_dict(d, path="s.yaml"), "causal")
+    (bad / "b.jsonl").unlink()
+    with pytest.raises(DataError, match="a.parquet|cannot read"):
+        prepare_data(recipe_from_dict(d, path="s.yaml"), "causal")
+
+
+def test_streaming_run_is_killed_resumes_and_finishes(tmp_path, monkeypatch):
+    from sft.train.run import train
+    from test_train import losses
+
+    monkeypatch.setattr("datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)  # datasets' 5 s pause per closed stream
+    ref, out = tmp_path / "ref", tmp_path / "killed"
+    train(recipe_from_dict(_stream_recipe(tmp_path, ref, steps=24, save_steps=8, logging_steps=1), path="ref.yaml"))
+    path = write_recipe(tmp_path / "killed.yaml", _stream_recipe(tmp_path, out, steps=24, save_steps=8,
+                                                                 logging_steps=1))
+    proc = subprocess.Popen([sys.executable, "-m", "sft", "train", path], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoint-8" / "trainer_state.json").exists() and time.time() < deadline \
+            and proc.poll() is None:
+        time.sleep(0.1)
+    assert (out / "checkpoint-8").exists(), proc.communicate()[0][-3000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "train_summary.json").exists()
+    summary = train(recipe_from_dict(_stream_recipe(tmp_path, out, steps=24, save_steps=8, logging_steps=1),
+                                     path=path), resume=True)
+    assert summary["global_step"] == 24 and summary["data"]["cache"] == "streaming"
+    # the resumed run skipped the batches it had trained on: the steps after the checkpoint see the same data
+    a, b = losses(ref), losses(out)
+    assert b[-1] == pytest.approx(a[-1], rel=1e-4)
