@@ -54,6 +54,31 @@ def test_arrow_stage_equals_list_encode_and_num_proc_2_equals_1(tmp_path):
     assert splits.report.to_dict() == one.splits.report.to_dict()
 
 
+def test_fast_batch_tokenising_equals_the_tokenizer_call():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from transformers import AutoTokenizer
+
+    from conftest import shared
+    from sft.data.pipeline import _tokenize_many
+    from sft.tokenizer import build_tokenizer
+
+    toks = [AutoTokenizer.from_pretrained(shared("tokenizers", "gpt2")),
+            build_tokenizer("bpe", ["warm up text 12 中文"] * 20, vocab_size=300, arch="causal",
+                            markers=("<|im_start|>", "<|im_end|>"))]
+    alphabet = st.sampled_from(list("ab 1\n\t中文é") + ["<|endoftext|>", "<|im_start|>", "  ", "\r\n"])
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.lists(alphabet, max_size=12).map("".join), min_size=1, max_size=5))
+    def same(texts):
+        for tok in toks:
+            assert _tokenize_many(tok, texts) == tok(texts, add_special_tokens=False)["input_ids"]
+
+    same()
+    toks[0](["a b c d"], truncation=True, max_length=2)  # a backend left truncating: the plain call is used
+    assert _tokenize_many(toks[0], ["a b c d"]) == [toks[0].encode("a b c d", add_special_tokens=False)]
+
+
 def test_cache_hit_reads_no_source_and_equals_the_build(tmp_path, monkeypatch):
     from sft.data import sources
     from sft.prepare import prepare_data

