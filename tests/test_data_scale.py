@@ -283,3 +283,16 @@ def test_streaming_run_is_killed_resumes_and_finishes(tmp_path, monkeypatch):
     # the resumed run skipped the batches it had trained on: the steps after the checkpoint see the same data
     a, b = losses(ref), losses(out)
     assert b[-1] == pytest.approx(a[-1], rel=1e-4)
+
+
+def test_streaming_trains_t5_on_jsonl_shards(tmp_path, monkeypatch):
+    from sft.train.run import train
+
+    monkeypatch.setattr("datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
+    _, jsonl = _shards(tmp_path, n=600)
+    r = tiny_recipe("t5", tmp_path / "t5", steps=8)
+    r["data"].update(streaming=True, sources=[{"path": jsonl}], max_eval_samples=8)
+    r["eval"].update(after=True, metrics=["perplexity"])
+    summary = train(recipe_from_dict(r, path="t5.yaml"))
+    assert summary["global_step"] == 8 and summary["train_examples"] is None
+    assert summary["eval"]["metrics"]["perplexity"] > 1 and summary["data"]["eval"] == 8
