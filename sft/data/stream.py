@@ -19,7 +19,8 @@ from ..recipe import SourceConfig
 from . import sources
 from .arrow import Encoder, feature_schema
 from .clean import DropReport, clean_records, prompt_key
-from .pipeline import allocate, load_source, records_from_rows, source_format, source_names, split_hash
+from .pipeline import (allocate, hash_split, load_source, records_from_rows, source_format, source_names,
+                       split_hash)
 
 BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".jsonl.gz": "json", ".json.gz": "json",
             ".csv": "csv"}
@@ -171,8 +172,8 @@ def _eval_records(streams, d, recipe_file, per_source) -> list[dict]:
                                per_source=per_source, recipe_file=recipe_file, name=names[i])
             recs.append(clean_records(part, normalize_form=d.clean.normalize, dedupe=d.clean.dedupe,
                                       strip_eos_markers=d.clean.strip_eos_markers, report=report))
-        sizes = allocate([len(p) for p in recs], d.max_eval_samples)
-        return [r for part, n in zip(recs, sizes) for r in part[:n]]
+        sizes = allocate([len(p) for p in recs], d.max_eval_samples)  # chosen as the prepared path chooses them
+        return [r for part, n in zip(recs, sizes) for r in hash_split(part, [n], d.seed)[0]]
     if not d.eval_ratio:
         return []
     if d.max_eval_samples is None:

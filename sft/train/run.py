@@ -254,8 +254,8 @@ def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -
         raise TrainError("no training example fits", file=recipe.path, field="data.max_length",
                          fix=f"raise data.max_length or set data.clean.overlong: trim ({splits.report.to_dict()})")
     drops = splits.report.to_dict()
-    say(f"train {'a stream of' if n_train is None else n_train} examples, eval {len(splits.eval)}, test {len(splits.test)}; "
-        f"dropped {drops['dropped'] or 'none'}")
+    say(f"train {'a stream of' if n_train is None else n_train} examples, eval {len(splits.eval)}, "
+        f"test {len(splits.test)}; dropped {drops['dropped'] or 'none'}")
     fingerprint = rundir.data_fingerprint(recipe, tokenizer, splits)
     if resume_from:
         check_resumable_data(out, fingerprint)
