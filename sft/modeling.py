@@ -125,13 +125,20 @@ def resolve_arch(cfg: ModelConfig) -> str:
     return trainer_path(load_config(cfg))
 
 
+def builds_tokenizer(recipe: Recipe) -> bool:
+    """Whether the recipe's tokenizer is built from its training data ('bpe' / 'byte') rather than loaded."""
+    from .tokenizer import BUILT
+
+    return (recipe.model.tokenizer or recipe.model.name) in BUILT
+
+
 def get_tokenizer(recipe: Recipe, train_records: list[dict] | None, arch: str):
     """The recipe's tokenizer; 'bpe'/'byte' are built from the rendered training texts (cached)."""
-    from .tokenizer import BUILT, build_tokenizer, load_tokenizer
+    from .tokenizer import build_tokenizer, load_tokenizer
 
     m = recipe.model
     kind = m.tokenizer or m.name
-    if kind in BUILT:
+    if builds_tokenizer(recipe):
         if recipe.data.template == "tokenizer":
             raise ModelError(f"template: tokenizer needs a pretrained tokenizer with a chat template, not a {kind!r} "
                              "tokenizer built from the data", field="data.template",

@@ -12,9 +12,11 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .data.arrow import TrainSet, encode_dataset
 from .data.clean import DropReport
-from .data.pipeline import Splits, accounting, load_splits
+from .data.pipeline import Splits, accounting_of, split_corpus
 from .recipe import Recipe
 
 
@@ -63,18 +65,27 @@ def _report_from(d: dict) -> DropReport:
 
 def build(recipe: Recipe, arch: str, tokenizer=None, workdir: str | None = None) -> Prepared:
     """Load, split, (build the tokenizer,) tokenise: the whole preparation, uncached. With `workdir`, the
-    tokenised tables are written there rather than held in memory."""
-    from .modeling import get_tokenizer
+    records and tokenised tables are files there rather than memory."""
+    from .modeling import builds_tokenizer, get_tokenizer
 
     d = recipe.data
-    splits = load_splits(d, recipe_file=recipe.path)
-    tokenizer = tokenizer or get_tokenizer(recipe, splits.train, arch)
-    train, lengths, kept = encode_dataset(splits.train, tokenizer, d.template, arch=arch, max_length=d.max_length,
-                                          overlong=d.clean.overlong, system=d.system_prompt, num_proc=d.num_proc,
-                                          report=splits.report, workdir=workdir)
-    splits.train = []  # the records are not needed past this point (a cache hit never has them either)
-    return Prepared(splits, tokenizer, arch, TrainSet(train, length_stats(lengths, d.max_length)),
-                    accounting(splits, kept), tasks=dict(Counter(r["task"] for r in kept).most_common()))
+    corpus = split_corpus(d, recipe_file=recipe.path, workdir=workdir)
+    if tokenizer is None:
+        tokenizer = get_tokenizer(recipe, corpus.store.records(corpus.train) if builds_tokenizer(recipe) else None,
+                                  arch)
+    enc = encode_dataset(corpus.store.table(), corpus.train, tokenizer, d.template, arch=arch,
+                         max_length=d.max_length, overlong=d.clean.overlong, system=d.system_prompt,
+                         num_proc=d.num_proc, report=corpus.report, workdir=workdir)
+    # per source: distinct training examples and all of them with weighted copies
+    source = corpus.store.arrays()[0]
+    names = corpus.store.names
+    kept = np.asarray(enc.kept, dtype=np.int64)
+    total = np.bincount(source[kept], minlength=len(names))
+    distinct = np.bincount(source[np.unique(kept)], minlength=len(names))
+    counts = {n: (int(distinct[i]), int(total[i])) for i, n in enumerate(names)}
+    splits = corpus.splits(with_train=False)  # the records are not needed past this point (nor on a cache hit)
+    return Prepared(splits, tokenizer, arch, TrainSet(enc.features, length_stats(enc.lengths, d.max_length)),
+                    accounting_of(splits, counts), tasks=enc.tasks)
 
 
 def _meta(prep: Prepared) -> dict:
@@ -116,47 +127,37 @@ def _build_into_cache(recipe: Recipe, arch: str, tokenizer, root: str, key: str,
 def prepare_streaming(recipe: Recipe, arch: str, tokenizer=None) -> Prepared:
     """A `Prepared` whose training set is an IterableDataset, tokenised on the fly (data/stream.py)."""
     from .data.stream import open_corpus
-    from .modeling import get_tokenizer
-    from .tokenizer import BUILT
+    from .modeling import builds_tokenizer, get_tokenizer
 
     corpus = open_corpus(recipe.data, recipe.path)
     if tokenizer is None:
-        built = (recipe.model.tokenizer or recipe.model.name) in BUILT
-        tokenizer = get_tokenizer(recipe, corpus.tokenizer_sample() if built else None, arch)
+        tokenizer = get_tokenizer(recipe, corpus.tokenizer_sample() if builds_tokenizer(recipe) else None, arch)
     splits = Splits([], corpus.eval, [], corpus.report, corpus.per_source)
     return Prepared(splits, tokenizer, arch, TrainSet(corpus.tokenised(tokenizer, arch), {}), {}, cache="streaming")
-
-
-def sft_version() -> str:
-    import sft  # the package's version, read when the key is made
-
-
-    return sft.__version__
 
 
 def prepare_data(recipe: Recipe, arch: str, *, tokenizer=None) -> Prepared:
     """The recipe's training data, from the cache when it holds this exact preparation. `splits.train` (the
     records) comes back empty: everything downstream reads the tokenised `train` and the accounting."""
+    import sft
+
     from . import tokenizer as tokenizer_module
     from .data import cache
     from .distributed import barrier, rank_world
-    from .modeling import get_tokenizer
-    from .tokenizer import BUILT, cache_root
-
-    tokenizer_file = tokenizer_module.__file__
+    from .modeling import builds_tokenizer, get_tokenizer
 
     d = recipe.data
     if d.streaming:
         return prepare_streaming(recipe, arch, tokenizer)
     if not d.cache:
         return build(recipe, arch, tokenizer)
-    m = recipe.model
-    built_tokenizer = tokenizer is None and (m.tokenizer or m.name) in BUILT
+    built_tokenizer = tokenizer is None and builds_tokenizer(recipe)
     if tokenizer is None and not built_tokenizer:
         tokenizer = get_tokenizer(recipe, None, arch)
-    root = cache.cache_dir(d, cache_root())
-    key = cache.key_of(cache.key_parts(recipe, arch, None if built_tokenizer else tokenizer,
-                                       version=sft_version(), code=cache.code_digest([__file__, tokenizer_file])))
+    root = cache.cache_dir(d, tokenizer_module.cache_root())
+    # the version is read now (not at import), and the pipeline's own code is part of the key
+    key = cache.key_of(cache.key_parts(recipe, arch, None if built_tokenizer else tokenizer, version=sft.__version__,
+                                       code=cache.code_digest([__file__, tokenizer_module.__file__])))
     path = cache.entry_path(root, key)
     rank, world = rank_world()
     prep = None

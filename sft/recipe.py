@@ -85,6 +85,11 @@ class CleanConfig:
         "drop", help="Examples longer than data.max_length tokens: drop them, or trim the answer to fit.")
 
 
+# data fields that say how the data is prepared, not what it is: neither the run's fingerprint nor the data
+# cache key depends on them
+PREPARATION_ONLY = ("num_proc", "cache", "cache_dir")
+
+
 @dataclass
 class DataConfig:
     sources: list[SourceConfig] = _f(help="One or more data sources, mixed by weight.", factory=list)
@@ -272,7 +277,7 @@ class Recipe:
         d["train"].pop("output_dir", None)
         d.pop("hub", None)
         d.pop("eval", None)
-        for key in ("num_proc", "cache", "cache_dir"):  # how the data is prepared, not what it is
+        for key in PREPARATION_ONLY:
             d["data"].pop(key, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -219,22 +219,20 @@ def file_digest(path: str) -> str:
 
 def source_fingerprint(src) -> dict:
     """What a source's content is: each local file's hash; a builtin's parameters; a Hub id and revision."""
-    import glob as _glob
-
-    from .data.sources import LOCAL_EXTS, is_local_path
+    from .data.sources import ALL_EXTS, local_files
 
     if src.path.startswith("builtin:"):
         return {"path": src.path, "builtin": {"num_examples": src.num_examples, "tasks": list(src.tasks),
                                               "split": src.split}}
-    expanded = os.path.expanduser(src.path)
-    if os.path.isdir(expanded):
-        files = sorted(f for f in _glob.glob(os.path.join(expanded, "*")) if os.path.splitext(f)[1].lower()
-                       in LOCAL_EXTS)
-    elif is_local_path(src.path):
-        files = sorted(_glob.glob(expanded)) if any(c in src.path for c in "*?[") else [expanded]
-    else:
+    # every file the prepared or the streaming reader would read (a folder's subfolders included)
+    files = local_files(src.path, src.split, exts=ALL_EXTS, recursive=True)
+    if files is None:
         return {"path": src.path, "hub": {"split": src.split, "subset": src.subset}}
-    return {"path": src.path, "files": {os.path.basename(f): file_digest(f) for f in files if os.path.isfile(f)}}
+    files = [f for f in files if os.path.isfile(f)]
+    names = [os.path.basename(f) for f in files]
+    if len(set(names)) < len(names):  # same names in different subfolders: name them from their common folder
+        names = [os.path.relpath(f, os.path.commonpath(files)) for f in files]
+    return {"path": src.path, "files": {n: file_digest(f) for n, f in zip(names, files)}}
 
 
 def tokenizer_digest(tokenizer) -> str:

@@ -296,3 +296,90 @@ def test_streaming_trains_t5_on_jsonl_shards(tmp_path, monkeypatch):
     summary = train(recipe_from_dict(r, path="t5.yaml"))
     assert summary["global_step"] == 8 and summary["train_examples"] is None
     assert summary["eval"]["metrics"]["perplexity"] > 1 and summary["data"]["eval"] == 8
+
+
+# ---- columnar split: sources read a piece at a time, the split and mix on positions ------------------------
+
+def _reference_hash_split(records, sizes, seed):
+    """The list algorithm the positional split replaced (kept here as the oracle): group by prompt, order groups
+    by prompt hash, fill each held-out part with whole groups."""
+    from sft.data.clean import prompt_key
+    from sft.data.pipeline import split_hash
+
+    groups = {}
+    for r in records:
+        groups.setdefault(prompt_key(r), []).append(r)
+    parts = [[] for _ in sizes] + [[]]
+    for k in sorted(groups, key=lambda k: (split_hash(k, seed), k)):
+        g = groups[k]
+        target = next((i for i, n in enumerate(sizes) if len(parts[i]) + len(g) <= n or (not parts[i] and n > 0)),
+                      len(sizes))
+        parts[target].extend(g)
+    return parts
+
+
+def test_positional_hash_split_equals_the_list_algorithm():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from sft.data.pipeline import hash_split
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(st.integers(0, 30), min_size=0, max_size=80), st.lists(st.integers(0, 40), min_size=1, max_size=3),
+           st.integers(0, 5))
+    def check(prompts, sizes, seed):
+        # repeated prompt numbers are same-prompt groups; the answer tells the copies apart
+        records = [{"messages": [{"role": "user", "content": f"p{p}"}, {"role": "assistant", "content": f"a{i}"}]}
+                   for i, p in enumerate(prompts)]
+        assert hash_split(records, sizes, seed) == _reference_hash_split(records, sizes, seed)
+
+    check()
+
+
+def _big_jsonl(path, n, dup_every=7):
+    with open(path, "w") as fh:
+        for i in range(n):
+            k = i - 1 if i % dup_every == 0 and i else i  # exact duplicates straddle piece boundaries
+            fh.write(json.dumps({"instruction": f"question {k}", "output": f"answer {k}"}) + "\n")
+
+
+def test_a_source_read_in_pieces_splits_exactly_as_read_whole(tmp_path, monkeypatch):
+    from sft.data import sources
+    from sft.data.pipeline import load_splits, split_corpus
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _big_jsonl(tmp_path / "a.jsonl", 1300)
+    rows = [{"instruction": f"pq {i % 400}", "output": f"o {i}"} for i in range(900)]  # same-prompt groups
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "b.parquet", row_group_size=128)
+    r = tiny_recipe("gpt2", tmp_path / "out", n=10)
+    r["data"].update(sources=[{"path": str(tmp_path / "a.jsonl"), "weight": 1.5},
+                              {"path": str(tmp_path / "b.parquet"), "max_samples": 500}],
+                     eval_ratio=0.1, test_ratio=0.05, max_eval_samples=90, max_samples=1800)
+    data = recipe_from_dict(r, path="r.yaml").data
+    whole = load_splits(data)
+    monkeypatch.setattr(sources, "CHUNK", 97)
+    pieces = load_splits(data)
+    assert [json.dumps(x) for x in pieces.train] == [json.dumps(x) for x in whole.train]
+    assert pieces.eval == whole.eval and pieces.test == whole.test and len(whole.eval) == 90
+    assert dict(pieces.report.dropped) == dict(whole.report.dropped) and whole.report.dropped["exact duplicate"] > 100
+    assert pieces.per_source == whole.per_source
+    # weighted copies are one object, as in the list algorithm
+    assert len({id(x) for x in pieces.train}) < len(pieces.train)
+    # with a work folder the records are an Arrow file, memory-mapped, not Python objects
+    corpus = split_corpus(data, workdir=str(tmp_path))
+    assert os.path.getsize(tmp_path / "records.arrow") > 0 and corpus.store.table().cache_files
+    assert corpus.store.records(corpus.train) == pieces.train
+
+
+def test_hub_source_is_read_a_batch_at_a_time(monkeypatch):
+    import datasets
+
+    from sft.data import sources
+
+    rows = [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(25)]
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.Dataset.from_list(rows))
+    monkeypatch.setattr(sources, "CHUNK", 10)
+    chunks = list(sources.iter_rows("someone/data"))
+    assert [len(c) for c in chunks] == [10, 10, 5] and [r for c in chunks for r in c] == rows

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 
 from .clean import DropReport
-from .pipeline import encode_rows
+from .pipeline import encode_rows, tally
 from .templates import get_template
 
 BATCH = 1000
@@ -71,43 +71,32 @@ class TrainSet:
         return len(self.dataset)
 
 
-def _records_table(unique: list[dict], workdir: str | None):
-    """The records as one JSON string column: in memory, or (with `workdir`) written in chunks to an Arrow file
-    and memory-mapped, so a corpus never sits in memory twice."""
-    from datasets import Dataset
+@dataclass
+class Tokenised:
+    """`encode_dataset`'s result: the features of the examples kept, in training order; their positions in the
+    records table; the token lengths before trimming; training examples per task (copies included)."""
 
-    if workdir is None:
-        return Dataset.from_dict({"record": [json.dumps(r, ensure_ascii=False) for r in unique]})
+    features: object
+    kept: list[int]
+    lengths: list[int]
+    tasks: dict
+
+
+def encode_dataset(records, positions: list[int], tokenizer, template_spec: str, *, arch: str, max_length: int,
+                   overlong: str = "drop", system: str | None = None, num_proc: int = 1, report: DropReport,
+                   workdir: str | None = None) -> Tokenised:
+    """Tokenise the examples at `positions` of `records` (a Dataset with a JSON `record` column; a position
+    repeats for each weighted copy) on Arrow, each distinct example once. With `workdir`, the tokenised table
+    is a file there (memory-mapped) instead of memory."""
     import os
+    from collections import Counter
 
-    import pyarrow as pa
+    import numpy as np
 
-    path = os.path.join(workdir, "records.arrow")
-    schema = pa.schema([("record", pa.string())])
-    with pa.OSFile(path, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        for i in range(0, len(unique), 10_000):
-            writer.write_batch(pa.record_batch([pa.array([json.dumps(r, ensure_ascii=False)
-                                                          for r in unique[i:i + 10_000]], pa.string())],
-                                               schema=schema))
-    return Dataset.from_file(path)
-
-
-def encode_dataset(records: list[dict], tokenizer, template_spec: str, *, arch: str, max_length: int,
-                   overlong: str = "drop", system: str | None = None, num_proc: int = 1,
-                   report: DropReport, workdir: str | None = None) -> tuple[object, list[int], list[dict]]:
-    """Tokenise `records` on Arrow. Returns (features dataset, token lengths, records kept in order). With
-    `workdir`, the intermediate tables are files there (memory-mapped) instead of memory."""
-    import os
-
-    index: dict[int, int] = {}
-    unique: list[dict] = []
-    positions = []
-    for r in records:
-        u = index.setdefault(id(r), len(unique))
-        if u == len(unique):
-            unique.append(r)
-        positions.append(u)
-    table = _records_table(unique, workdir)
+    pos = np.asarray(positions, dtype=np.int64)
+    unique = np.unique(pos)
+    slot = np.searchsorted(unique, pos).tolist()  # each training position's row in the tokenised table
+    table = records.select(unique)
     encoder = Encoder(tokenizer, template_spec, arch=arch, max_length=max_length, overlong=overlong, system=system)
     # a fingerprint of our own: datasets would otherwise hash the tokenizer object to name the result
     fp = hashlib.sha256(json.dumps([len(unique), template_spec, arch, max_length, overlong, system]).encode())
@@ -115,21 +104,11 @@ def encode_dataset(records: list[dict], tokenizer, template_spec: str, *, arch: 
                     remove_columns=["record"], features=feature_schema(), new_fingerprint=fp.hexdigest()[:16],
                     desc="tokenising",
                     cache_file_name=os.path.join(workdir, "encoded.arrow") if workdir else None)
-    del table
-    drop, edit, length = (out.data.column(c).to_pylist() for c in ("drop", "edit", "length"))
-    counted: set[int] = set()
-    keep, kept_records, lengths = [], [], []
-    for u in positions:
-        rec = unique[u]
-        if length[u] >= 0:
-            lengths.append(length[u])
-        if drop[u]:
-            report.drop(drop[u], 1, source=None if u in counted else rec.get("source"))
-            counted.add(u)
-            continue
-        if edit[u]:
-            report.edit(edit[u])
-        keep.append(u)
-        kept_records.append(rec)
-    features = out.select(keep).select_columns(["input_ids", "labels", "task", "source"])
-    return features, lengths, kept_records
+    drop, edit, length, task = (out.data.column(c).to_pylist() for c in ("drop", "edit", "length", "task"))
+    source = out.data.column("source")
+    outcomes = ((drop[u], edit[u], length[u] if length[u] >= 0 else None) for u in slot)
+    keep, lengths = tally(slot, outcomes, report, lambda i: source[slot[i]].as_py())
+    rows = [slot[i] for i in keep]
+    tasks = dict(Counter(task[u] for u in rows).most_common())
+    features = out.select(rows).select_columns(["input_ids", "labels", "task", "source"])
+    return Tokenised(features, [positions[i] for i in keep], lengths, tasks)

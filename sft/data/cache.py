@@ -41,11 +41,12 @@ def key_parts(recipe, arch: str, tokenizer, *, version: str, code: str) -> dict:
     recipe's tokenizer settings and the data itself determine it); `version` and `code` identify sft."""
     import dataclasses
 
+    from ..recipe import PREPARATION_ONLY
     from ..rundir import file_digest, source_fingerprint, template_digest, tokenizer_digest
 
     d = recipe.data
     data = dataclasses.asdict(d)
-    for k in ("num_proc", "cache", "cache_dir"):  # how it is prepared, not what it is
+    for k in PREPARATION_ONLY:
         data.pop(k)
     m = recipe.model
     if tokenizer is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 
@@ -58,8 +59,11 @@ def prompt_key(record: dict) -> str:
 
 
 def clean_records(records: list[dict], *, normalize_form: str = "nfc", dedupe: bool = True,
-                  strip_eos_markers: bool = True, report: DropReport) -> list[dict]:
-    out, seen = [], set()
+                  strip_eos_markers: bool = True, report: DropReport, seen: set | None = None) -> list[dict]:
+    """Normalise, strip and drop empty or (with `dedupe`) repeated examples. `seen` carries the duplicate check
+    across calls, when a source is cleaned a piece at a time."""
+    out = []
+    seen = set() if seen is None else seen
     for rec in records:
         msgs = []
         changed: set[str] = set()
@@ -101,6 +105,8 @@ def clean_records(records: list[dict], *, normalize_form: str = "nfc", dedupe: b
         rec = {**rec, "messages": msgs}
         if dedupe:
             key = json.dumps([[m["role"], m["content"], m.get("input", "")] for m in msgs], ensure_ascii=False)
+            # a 128-bit digest stands for the text: a million examples' keys would otherwise sit in memory
+            key = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
             if key in seen:
                 report.drop("exact duplicate", source=rec.get("source"))
                 continue

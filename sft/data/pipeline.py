@@ -11,6 +11,7 @@ import json
 import os
 import random
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..errors import DataError
@@ -65,21 +66,30 @@ def source_names(srcs: list[SourceConfig]) -> list[str]:
     return names
 
 
-def load_source(src: SourceConfig, index: int, *, field_prefix: str, seed: int, report: DropReport,
-                per_source: dict, recipe_file: str | None = None, name: str | None = None) -> list[dict]:
+def iter_source(src: SourceConfig, index: int, *, field_prefix: str, seed: int, report: DropReport,
+                per_source: dict, recipe_file: str | None = None, name: str | None = None) -> Iterator[list[dict]]:
+    """One source's canonical records, a piece at a time (the format is detected and the columns checked on the
+    first rows); its `per_source` entry is written once the source has been read through."""
     field_name = f"{field_prefix}.{index}"
-    rows = sources.read_rows(src.path, split=src.split, subset=src.subset, field=f"{field_name}.path",
-                             num_examples=src.num_examples, tasks=src.tasks, seed=seed)
     name = name or sources.source_name(src.path)
+    fmt, rows, examples, rows_dropped = None, 0, 0, 0
+    for chunk in sources.iter_rows(src.path, split=src.split, subset=src.subset, field=f"{field_name}.path",
+                                   num_examples=src.num_examples, tasks=src.tasks, seed=seed):
+        fmt = fmt or source_format(src, chunk, field_name, recipe_file)
+        records, dropped = records_from_rows(src, fmt, chunk, name, report)
+        rows, examples, rows_dropped = rows + len(chunk), examples + len(records), rows_dropped + dropped
+        yield records
     if not rows:
         raise DataError("source has no rows", file=src.path, field=f"{field_name}.path")
-    fmt = source_format(src, rows, field_name, recipe_file)
-    records, rows_dropped = records_from_rows(src, fmt, rows, name, report)
     key = name if field_prefix == "data.sources" else f"{name} ({field_prefix.split('.')[-1]}, {src.split})"
-    per_source[key] = {"path": src.path, "format": fmt, "rows": len(rows), "examples": len(records),
+    per_source[key] = {"path": src.path, "format": fmt, "rows": rows, "examples": examples,
                        "rows_dropped": rows_dropped, "detected": src.format == "auto",
                        "role": "train" if field_prefix == "data.sources" else "eval"}
-    return records
+
+
+def load_source(src: SourceConfig, index: int, **kw) -> list[dict]:
+    """One source's canonical records (see `iter_source`), as one list."""
+    return [r for chunk in iter_source(src, index, **kw) for r in chunk]
 
 
 def source_format(src: SourceConfig, sample: list[dict], field_name: str, recipe_file: str | None) -> str:
@@ -132,10 +142,16 @@ def _weighted(records: list[dict], weight: float, cap: int | None, rng: random.R
     return out
 
 
+def prompt_digest(key: str, seed: int) -> tuple[int, int]:
+    """A prompt's place in the split order: its 60-bit split hash, then 64 more bits of the same digest that
+    order (and, with it, identify) prompts whose hashes tie."""
+    digest = hashlib.sha256(f"{seed}\x00{key}".encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") >> 4, int.from_bytes(digest[8:16], "big")
+
+
 def split_hash(key: str, seed: int) -> float:
     """A stable number in [0, 1) for a prompt: the split never depends on row order or the machine."""
-    digest = hashlib.sha256(f"{seed}\x00{key}".encode("utf-8", "surrogatepass")).hexdigest()
-    return int(digest[:15], 16) / 16 ** 15
+    return prompt_digest(key, seed)[0] / 16 ** 15
 
 
 def record_id(record: dict) -> str:
@@ -145,22 +161,41 @@ def record_id(record: dict) -> str:
     return hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()[:20]
 
 
-def hash_split(records: list[dict], sizes: list[int], seed: int) -> list[list[dict]]:
-    """Hold out groups of same-prompt records, lowest prompt hash first, until each of `sizes` is reached;
-    the rest comes last. Every copy of one prompt lands on the same side."""
-    groups: dict[str, list[dict]] = {}
-    for r in records:
-        groups.setdefault(prompt_key(r), []).append(r)
-    order = sorted(groups, key=lambda k: (split_hash(k, seed), k))
-    parts: list[list[dict]] = [[] for _ in sizes] + [[]]
-    for k in order:
-        g = groups[k]
+def split_by_hash(positions, hashes, ties, sizes: list[int]) -> list[list[int]]:
+    """Hold out groups of same-prompt examples (`positions` into the `hashes` / `ties` arrays of
+    `prompt_digest`), lowest prompt hash first, until each of `sizes` is reached; the rest comes last, in
+    hash order. Every copy of one prompt lands on the same side."""
+    import numpy as np
+
+    pos = np.asarray(positions, dtype=np.int64)
+    if not len(pos):
+        return [[] for _ in sizes] + [[]]
+    order = pos[np.lexsort((pos, ties[pos], hashes[pos]))]  # by hash, then tie bits, then position
+    h, t = hashes[order], ties[order]
+    starts = np.flatnonzero(np.r_[True, (h[1:] != h[:-1]) | (t[1:] != t[:-1])]).tolist()
+    parts: list[list[int]] = [[] for _ in sizes]
+    held = np.zeros(len(order), dtype=bool)
+    for s, e in zip(starts, starts[1:] + [len(order)]):
+        if all(len(p) >= n for p, n in zip(parts, sizes)):
+            break  # every held-out part is full: the rest trains
         # the first held-out part this whole group fits in (a part still empty takes one group even if it
         # is larger, so a small cap still gets an example); otherwise it trains
-        target = next((i for i, n in enumerate(sizes) if len(parts[i]) + len(g) <= n or (not parts[i] and n > 0)),
-                      len(sizes))
-        parts[target].extend(g)
-    return parts
+        target = next((i for i, n in enumerate(sizes)
+                       if len(parts[i]) + e - s <= n or (not parts[i] and n > 0)), None)
+        if target is not None:
+            parts[target].extend(order[s:e].tolist())
+            held[s:e] = True
+    return parts + [order[~held].tolist()]
+
+
+def hash_split(records: list[dict], sizes: list[int], seed: int) -> list[list[dict]]:
+    """`split_by_hash` over a list of records."""
+    import numpy as np
+
+    digests = [prompt_digest(prompt_key(r), seed) for r in records]
+    hashes = np.array([d[0] for d in digests], dtype=np.uint64)
+    ties = np.array([d[1] for d in digests], dtype=np.uint64)
+    return [[records[i] for i in part] for part in split_by_hash(range(len(records)), hashes, ties, sizes)]
 
 
 def allocate(wanted: list[int], cap: int | None) -> list[int]:
@@ -180,20 +215,137 @@ def allocate(wanted: list[int], cap: int | None) -> list[int]:
     return [min(o, w) for o, w in zip(out, wanted)]
 
 
+class RecordStore:
+    """Every cleaned example as one JSON string, appended a piece at a time: to an Arrow file in `workdir`
+    (memory-mapped when read) or to memory. Beside each, what splitting and mixing work on: its source and its
+    prompt's digest. So a million examples are never a million Python dicts at once."""
+
+    def __init__(self, seed: int, workdir: str | None = None):
+        from array import array
+
+        self.seed = seed
+        self.names: list[str] = []  # source names; `source[i]` is a position in it
+        self._source, self._hash, self._tie = array("H"), array("Q"), array("Q")
+        self._path = os.path.join(workdir, "records.arrow") if workdir else None
+        self._batches: list = []
+        self._sink = self._writer = self._table = self._arrays = None
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def add(self, records: list[dict], name: str) -> None:
+        import pyarrow as pa
+
+        if name not in self.names:
+            self.names.append(name)
+        self._source.extend([self.names.index(name)] * len(records))
+        for r in records:
+            h, t = prompt_digest(prompt_key(r), self.seed)
+            self._hash.append(h)
+            self._tie.append(t)
+        # ASCII JSON: a lone surrogate (valid in a JSON string) survives the UTF-8 Arrow column
+        batch = pa.record_batch([pa.array([json.dumps(r) for r in records], pa.string())],
+                                names=["record"])
+        if self._path is None:
+            self._batches.append(batch)
+            return
+        if self._writer is None:
+            self._sink = pa.OSFile(self._path, "wb")
+            self._writer = pa.ipc.new_stream(self._sink, batch.schema)
+        self._writer.write_batch(batch)
+
+    def arrays(self):
+        """(source, hash, tie) per example, as numpy arrays."""
+        import numpy as np
+
+        if self._arrays is None or len(self._arrays[0]) != len(self):
+            # copies: a view would pin the growable arrays' buffers
+            self._arrays = tuple(np.frombuffer(a, dtype=t).copy() for a, t in
+                                 ((self._source, np.uint16), (self._hash, np.uint64), (self._tie, np.uint64)))
+        return self._arrays
+
+    def table(self):
+        """The records as a `datasets.Dataset` with one column, `record` (JSON); no more can be added."""
+        if self._table is None:
+            import pyarrow as pa
+            from datasets import Dataset
+
+            if self._path is None:
+                schema = pa.schema([("record", pa.string())])
+                self._table = Dataset(pa.Table.from_batches(self._batches, schema=schema))
+            else:
+                if self._writer is None:
+                    self.add([], self.names[0] if self.names else "")
+                self._writer.close()
+                self._sink.close()
+                self._table = Dataset.from_file(self._path)
+        return self._table
+
+    def records(self, positions: list[int]) -> list[dict]:
+        """The examples at `positions`, in that order; a position repeated is the same object each time."""
+        unique = sorted(set(positions))
+        loaded = dict(zip(unique, map(json.loads, self.table()[unique]["record"]))) if unique else {}
+        return [loaded[i] for i in positions]
+
+    def source_name(self, position: int) -> str:
+        return self.names[self._source[position]]
+
+    def split(self, positions: range, sizes: list[int]) -> list[list[int]]:
+        _, hashes, ties = self.arrays()
+        return split_by_hash(positions, hashes, ties, sizes)
+
+    def prompts_in(self, positions: list[int], among: list[int]) -> list[bool]:
+        """For each of `among`: does its prompt equal that of one of `positions`?"""
+        import numpy as np
+
+        _, hashes, ties = self.arrays()
+        held = set(zip(hashes[positions].tolist(), ties[positions].tolist()))
+        among = np.asarray(among, dtype=np.int64)
+        maybe = np.isin(hashes[among], np.fromiter((h for h, _ in held), dtype=np.uint64, count=len(held)))
+        return [bool(m) and (int(hashes[i]), int(ties[i])) in held for m, i in zip(maybe.tolist(), among.tolist())]
+
+
+@dataclass
+class Corpus:
+    """The split as positions into a `RecordStore`: training order with weighted copies repeated; eval and
+    test (small) as records."""
+
+    store: RecordStore
+    train: list[int]
+    eval: list[dict]
+    test: list[dict]
+    report: DropReport
+    per_source: dict
+
+    def splits(self, with_train: bool = True) -> Splits:
+        return Splits(self.store.records(self.train) if with_train else [], self.eval, self.test, self.report,
+                      self.per_source)
+
+
 def load_splits(cfg: DataConfig, *, recipe_file: str | None = None) -> Splits:
-    """Sources -> formats -> clean -> hash split per source -> weight -> mix. Every example is counted."""
+    """Sources -> formats -> clean -> hash split per source -> weight -> mix, as lists of records."""
+    return split_corpus(cfg, recipe_file=recipe_file).splits()
+
+
+def split_corpus(cfg: DataConfig, *, recipe_file: str | None = None, workdir: str | None = None) -> Corpus:
+    """Sources -> formats -> clean -> hash split per source -> weight -> mix. Every example is counted. Sources
+    are read, converted and cleaned a piece at a time into a `RecordStore` (an Arrow file under `workdir`);
+    the split and the mix work on positions into it."""
     report = DropReport()
     per_source: dict = {}
     rng = random.Random(cfg.seed)
+    store = RecordStore(cfg.seed, workdir)
 
-    def load_all(srcs: list[SourceConfig], prefix: str) -> list[list[dict]]:
+    def load_all(srcs: list[SourceConfig], prefix: str) -> list[range]:
         out = []
-        names = source_names(srcs)
-        for i, src in enumerate(srcs):
-            recs = load_source(src, i, field_prefix=prefix, seed=cfg.seed, report=report, per_source=per_source,
-                               recipe_file=recipe_file, name=names[i])
-            out.append(clean_records(recs, normalize_form=cfg.clean.normalize, dedupe=cfg.clean.dedupe,
-                                     strip_eos_markers=cfg.clean.strip_eos_markers, report=report))
+        for i, (src, name) in enumerate(zip(srcs, source_names(srcs))):
+            start, seen = len(store), set()  # duplicates are found within a source
+            for recs in iter_source(src, i, field_prefix=prefix, seed=cfg.seed, report=report, per_source=per_source,
+                                    recipe_file=recipe_file, name=name):
+                store.add(clean_records(recs, normalize_form=cfg.clean.normalize, dedupe=cfg.clean.dedupe,
+                                        strip_eos_markers=cfg.clean.strip_eos_markers, report=report, seen=seen),
+                          name)
+            out.append(range(start, len(store)))
         return out
 
     pooled = load_all(cfg.sources, "data.sources")
@@ -203,54 +355,67 @@ def load_splits(cfg: DataConfig, *, recipe_file: str | None = None) -> Splits:
     eval_ratio = 0.0 if cfg.eval_sources else cfg.eval_ratio
     eval_sizes = allocate([round(len(r) * eval_ratio) for r in pooled], cfg.max_eval_samples)
     test_sizes = [round(len(r) * cfg.test_ratio) for r in pooled]
-    train_parts, eval_recs, test_recs = [], [], []
-    for name, src, recs, n_eval, n_test in zip(names, cfg.sources, pooled, eval_sizes, test_sizes):
-        ev, te, rest = hash_split(recs, [n_eval, n_test], cfg.seed)
-        eval_recs += ev
-        test_recs += te
-        rest = list(rest)
+    train_parts, eval_pos, test_pos = [], [], []
+    for name, src, part, n_eval, n_test in zip(names, cfg.sources, pooled, eval_sizes, test_sizes):
+        ev, te, rest = store.split(part, [n_eval, n_test])
+        eval_pos += ev
+        test_pos += te
         rng.shuffle(rest)
         weighted = _weighted(rest, src.weight, src.max_samples, rng)
         report.drop(f"not sampled (weight {src.weight:g}" + (f", max_samples {src.max_samples})" if src.max_samples
                                                              else ")"),
-                    len(rest) - len({id(r) for r in weighted}), source=name)
+                    len(rest) - len(set(weighted)), source=name)
         train_parts.append(weighted)
     if cfg.eval_sources:
         parts = load_all(cfg.eval_sources, "data.eval_sources")
         sizes = allocate([len(p) for p in parts], cfg.max_eval_samples)
         for part, n in zip(parts, sizes):
-            ev, rest = hash_split(part, [n], cfg.seed)
-            eval_recs += ev
+            ev, rest = store.split(part, [n])
+            eval_pos += ev
             if rest:
-                report.drop("eval source beyond data.max_eval_samples", len(rest), source=part[0]["source"])
-    train = [r for part in train_parts for r in part]
+                report.drop("eval source beyond data.max_eval_samples", len(rest), source=store.source_name(part[0]))
+    train = [i for part in train_parts for i in part]
     rng.shuffle(train)
     if cfg.max_samples is not None and len(train) > cfg.max_samples:
-        _drop_unique(train[cfg.max_samples:], train[: cfg.max_samples], "over data.max_samples", report)
+        _drop_unique(train[cfg.max_samples:], train[: cfg.max_samples], "over data.max_samples", report,
+                     store.source_name)
         train = train[: cfg.max_samples]
 
     # Exact-duplicate prompts never in both train and eval/test (matters for explicit eval sources).
-    held_keys = {prompt_key(r) for r in eval_recs + test_recs}
-    kept = [r for r in train if prompt_key(r) not in held_keys]
-    _drop_unique([r for r in train if prompt_key(r) in held_keys], kept, "train prompt also in eval/test", report)
-    train = kept
+    if train and (eval_pos or test_pos):
+        clash = store.prompts_in(eval_pos + test_pos, train)
+        kept = [i for i, c in zip(train, clash) if not c]
+        _drop_unique([i for i, c in zip(train, clash) if c], kept, "train prompt also in eval/test", report,
+                     store.source_name)
+        train = kept
     if not train:
         raise DataError("every training example was dropped or held out", file=recipe_file, field="data.sources",
                         fix=f"check the drop report: {report.to_dict()['dropped']}")
-    return Splits(train, eval_recs, test_recs, report, per_source)
+    return Corpus(store, train, store.records(eval_pos), store.records(test_pos), report, per_source)
 
 
-def _drop_unique(removed: list[dict], kept: list[dict], reason: str, report: DropReport) -> None:
+def _drop_unique(removed: list[int], kept: list[int], reason: str, report: DropReport, source_of) -> None:
     """Count removed examples once each (copies from up-weighting are not examples of their own)."""
-    still = {id(r) for r in kept}
-    gone: dict[int, dict] = {id(r): r for r in removed if id(r) not in still}
-    for r in gone.values():
-        report.drop(reason, 1, source=r["source"])
+    still = set(kept)
+    for i in dict.fromkeys(i for i in removed if i not in still):
+        report.drop(reason, 1, source=source_of(i))
 
 
 def accounting(splits: Splits, train_records: list[dict]) -> dict:
-    """Per source: examples = train + eval + test + dropped (train counts distinct examples; weighting may
-    repeat them). `train_records` are the examples that survived tokenisation."""
+    """Per source: examples = train + eval + test + dropped. `train_records` are the examples that survived
+    tokenisation (weighting may repeat one: it counts once in train, every time in train_with_copies)."""
+    counts: dict[str, list[int]] = {}
+    seen: set[int] = set()
+    for r in train_records:
+        c = counts.setdefault(r["source"], [0, 0])
+        c[0] += id(r) not in seen
+        c[1] += 1
+        seen.add(id(r))
+    return accounting_of(splits, counts)
+
+
+def accounting_of(splits: Splits, train: dict) -> dict:
+    """`accounting` from per-source training counts: source -> (distinct examples, with copies)."""
     out = {}
     for name, info in splits.per_source.items():
         if info.get("role") == "eval":
@@ -262,11 +427,10 @@ def accounting(splits: Splits, train_records: list[dict]) -> dict:
                          "dropped": dropped, "balanced": info["examples"] == ev + sum(dropped.values())}
             continue
         src = name
-        train_unique = {id(r) for r in train_records if r["source"] == src}
-        train_total = sum(1 for r in train_records if r["source"] == src)
+        unique, total = train.get(src, (0, 0))
         dropped = dict(splits.report.dropped_by_source.get(src, {}))
         row = {"rows": info["rows"], "rows_dropped": info.get("rows_dropped", 0), "examples": info["examples"],
-               "train": len(train_unique), "train_with_copies": train_total,
+               "train": int(unique), "train_with_copies": int(total),
                "eval": sum(r["source"] == src for r in splits.eval),
                "test": sum(r["source"] == src for r in splits.test), "dropped": dropped}
         row["balanced"] = row["examples"] == row["train"] + row["eval"] + row["test"] + sum(dropped.values())
@@ -377,23 +541,31 @@ def encode(records: list[dict], tokenizer, template_spec: str, *, arch: str, max
     Seq2seq: input_ids = source + EOS, labels = final answer + EOS."""
     template = get_template(template_spec, tokenizer)
     report = report or DropReport()
-    counted: set[int] = set()
-    feats, kept, lengths = [], [], []
     rows = encode_rows(records, tokenizer, template, arch=arch, max_length=max_length, overlong=overlong,
                        system=system, final_only=final_only)
-    for rec, (feat, reason, edit, length) in zip(records, rows):
+    keep, lengths = tally([id(r) for r in records], [row[1:] for row in rows], report,
+                          lambda i: records[i].get("source"))
+    return Encoded([rows[i][0] for i in keep], [records[i] for i in keep], report, lengths)
+
+
+def tally(keys: list, outcomes, report: DropReport, source_of) -> tuple[list[int], list[int]]:
+    """Count one tokenising pass, in training order: example i has identity keys[i] (a weighted copy shares its
+    original's) and outcome (drop reason, edit, token length; each None where there is none). A dropped example
+    counts once against its source, `source_of(i)`, however many copies it has. Returns the positions kept and
+    the token lengths."""
+    counted: set = set()
+    keep, lengths = [], []
+    for i, (key, (reason, edit, length)) in enumerate(zip(keys, outcomes)):
         if length is not None:
             lengths.append(length)
-        if reason is not None:
-            # a record repeated by up-weighting is one example: count it once per source
-            report.drop(reason, 1, source=None if id(rec) in counted else rec.get("source"))
-            counted.add(id(rec))
+        if reason:
+            report.drop(reason, 1, source=None if key in counted else source_of(i))
+            counted.add(key)
             continue
         if edit:
             report.edit(edit)
-        feats.append(feat)
-        kept.append(rec)
-    return Encoded(feats, kept, report, lengths)
+        keep.append(i)
+    return keep, lengths
 
 
 def encode_prompts(records: list[dict], tokenizer, template_spec: str, *, arch: str,

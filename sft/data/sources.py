@@ -10,11 +10,15 @@ import csv
 import glob
 import json
 import os
+from collections.abc import Iterator
 
 from ..errors import DataError
 from . import synthetic
 
 LOCAL_EXTS = (".json", ".jsonl", ".csv", ".parquet")
+STREAM_EXTS = (".parquet", ".jsonl", ".json", ".jsonl.gz", ".json.gz", ".csv")  # what data.streaming reads
+ALL_EXTS = tuple(dict.fromkeys(LOCAL_EXTS + STREAM_EXTS))
+CHUNK = 10_000  # rows per piece when a source is read a piece at a time
 
 
 def source_name(path: str) -> str:
@@ -125,10 +129,16 @@ _EXTRA = "\x00extra"
 
 
 def _read_parquet(path: str, field: str) -> list[dict]:
+    return [r for chunk in _parquet_chunks(path, field) for r in chunk]
+
+
+def _parquet_chunks(path: str, field: str, size: int = 10_000) -> Iterator[list[dict]]:
+    """Row groups in batches of `size` rows: a large shard is never in memory whole."""
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_table(path).to_pylist()
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=size):
+            yield batch.to_pylist()
     except Exception as e:  # pyarrow raises several types for bad files
         raise DataError(f"cannot read parquet ({e})", file=path, field=field) from e
 
@@ -136,18 +146,43 @@ def _read_parquet(path: str, field: str) -> list[dict]:
 _READERS = {".json": _read_json, ".jsonl": _read_jsonl, ".csv": _read_csv, ".parquet": _read_parquet}
 
 
-def _read_local(path: str, field: str) -> list[dict]:
+def _local_chunks(path: str, field: str) -> Iterator[list[dict]]:
     ext = os.path.splitext(path)[1].lower()
     if ext not in _READERS:
         raise DataError(f"unsupported file type {ext!r}", file=path, field=field,
                         fix=f"use one of {', '.join(LOCAL_EXTS)}")
-    return _READERS[ext](path, field)
+    if ext == ".parquet":
+        yield from _parquet_chunks(path, field)
+    else:
+        yield _READERS[ext](path, field)
 
 
 def is_local_path(path: str) -> bool:
     """A file, glob or directory (rather than a Hub dataset id)."""
     return (path.startswith((".", "/", "~")) or os.path.splitext(path)[1].lower() in LOCAL_EXTS
             or any(c in path for c in "*?[") or os.path.exists(path))
+
+
+def file_ext(path: str, exts=ALL_EXTS) -> str:
+    """The file's type: the longest of `exts` its name ends with (.jsonl.gz), else its last extension."""
+    low = path.lower()
+    return next((e for e in sorted(exts, key=len, reverse=True) if low.endswith(e)), os.path.splitext(low)[1])
+
+
+def local_files(path: str, split: str = "train", *, exts=LOCAL_EXTS, recursive: bool = False) -> list[str] | None:
+    """The files a local source names, sorted: a file; a glob (`**` spans folders); a `sft build-data` folder's
+    {split}.jsonl; or a folder's files of the types `exts` (with `recursive`, in its subfolders too). None for
+    builtin: and Hub ids. The one resolver for reading, streaming and fingerprinting a source."""
+    if path.startswith("builtin:"):
+        return None
+    expanded = os.path.expanduser(path)
+    if os.path.isdir(expanded):
+        files = _build_data_dir_files(expanded, split)
+        pattern = os.path.join(expanded, "**", "*") if recursive else os.path.join(expanded, "*")
+        return files or sorted(f for f in glob.glob(pattern, recursive=recursive) if file_ext(f) in exts)
+    if is_local_path(path):
+        return sorted(glob.glob(expanded, recursive=True)) if any(c in path for c in "*?[") else [expanded]
+    return None
 
 
 def _build_data_dir_files(path: str, split: str) -> list[str]:
@@ -159,33 +194,56 @@ def _build_data_dir_files(path: str, split: str) -> list[str]:
 def read_rows(path: str, *, split: str = "train", subset: str | None = None, field: str = "data.sources",
               num_examples: int = 2000, tasks: list[str] | None = None, seed: int = 0) -> list[dict]:
     """Raw rows (dicts) from one source."""
+    return [r for chunk in iter_rows(path, split=split, subset=subset, field=field, num_examples=num_examples,
+                                     tasks=tasks, seed=seed) for r in chunk]
+
+
+def iter_rows(path: str, *, split: str = "train", subset: str | None = None, field: str = "data.sources",
+              num_examples: int = 2000, tasks: list[str] | None = None, seed: int = 0,
+              chunk: int | None = None) -> Iterator[list[dict]]:
+    """Raw rows from one source in lists of `chunk` (the last may be shorter): Parquet and Hub data are read a
+    batch at a time, so a source larger than memory passes through in pieces."""
+    return _rebatch(_chunks(path, split=split, subset=subset, field=field, num_examples=num_examples, tasks=tasks,
+                            seed=seed), chunk or CHUNK)
+
+
+def _rebatch(chunks: Iterator[list[dict]], size: int) -> Iterator[list[dict]]:
+    """Even lists of `size` rows, whatever the files' sizes (format detection reads the first rows)."""
+    buf: list[dict] = []
+    for c in chunks:
+        buf.extend(c)
+        while len(buf) >= size:
+            yield buf[:size]
+            buf = buf[size:]
+    if buf:
+        yield buf
+
+
+def _chunks(path: str, *, split: str, subset: str | None, field: str, num_examples: int,
+            tasks: list[str] | None, seed: int) -> Iterator[list[dict]]:
     if path.startswith("builtin:"):
         name = path.split(":", 1)[1]
         if name not in ("synthetic", ""):
             raise DataError(f"unknown builtin source {path!r}", field=field, fix="use builtin:synthetic")
         # Each split is generated from its own seed, so a named split is a fresh draw.
         split_seed = seed + {"train": 0, "validation": 1, "eval": 1, "test": 2}.get(split, 3)
-        return synthetic.generate(num_examples, seed=split_seed, tasks=tasks or None)
+        yield synthetic.generate(num_examples, seed=split_seed, tasks=tasks or None)
+        return
 
-    expanded = os.path.expanduser(path)
-    if os.path.isdir(expanded):
-        files = _build_data_dir_files(expanded, split)
-        if not files:
-            files = sorted(f for f in glob.glob(os.path.join(expanded, "*"))
-                           if os.path.splitext(f)[1].lower() in LOCAL_EXTS)
-        if not files:
-            raise DataError(f"directory has no {split}.jsonl or data files", file=path, field=field)
-        return [r for f in files for r in _read_local(f, field)]
-    if is_local_path(path):
-        files = sorted(glob.glob(expanded)) if any(c in path for c in "*?[") else [expanded]
-        if not files or not os.path.exists(files[0]):
-            raise DataError("dataset file not found", file=path, field=field,
-                            fix="check the path (relative paths are resolved from the current directory)")
-        return [r for f in files for r in _read_local(f, field)]
-    return _read_hub(path, split=split, subset=subset, field=field)
+    files = local_files(path, split)
+    if files is None:
+        yield from _hub_chunks(path, split=split, subset=subset, field=field)
+        return
+    if os.path.isdir(os.path.expanduser(path)) and not files:
+        raise DataError(f"directory has no {split}.jsonl or data files", file=path, field=field)
+    if not files or not os.path.exists(files[0]):
+        raise DataError("dataset file not found", file=path, field=field,
+                        fix="check the path (relative paths are resolved from the current directory)")
+    for f in files:
+        yield from _local_chunks(f, field)
 
 
-def _read_hub(repo_id: str, *, split: str, subset: str | None, field: str) -> list[dict]:
+def _read_hub(repo_id: str, *, split: str, subset: str | None, field: str):
     import datasets
 
     try:
@@ -196,4 +254,10 @@ def _read_hub(repo_id: str, *, split: str, subset: str | None, field: str) -> li
         raise DataError(f"cannot load Hub dataset {repo_id!r} split {split!r}: {reason}", field=field,
                         fix="check the id and your connection, or download the data and point path at a local file"
                         ) from e
-    return ds.to_list()
+    return ds
+
+
+def _hub_chunks(repo_id: str, *, split: str, subset: str | None, field: str) -> Iterator[list[dict]]:
+    ds = _read_hub(repo_id, split=split, subset=subset, field=field)  # memory-mapped: read a batch at a time
+    for batch in ds.iter(batch_size=CHUNK):
+        yield [dict(zip(batch, values)) for values in zip(*batch.values())]

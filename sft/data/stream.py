@@ -9,7 +9,6 @@ upstream, e.g. with datatrove). Parquet shards written by Spark or datatrove are
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 from dataclasses import dataclass
@@ -23,24 +22,18 @@ from .pipeline import (allocate, hash_split, load_source, records_from_rows, sou
                        split_hash)
 
 BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".jsonl.gz": "json", ".json.gz": "json",
-            ".csv": "csv"}
+            ".csv": "csv"}  # datasets' reader per file type (sources.STREAM_EXTS)
 SHUFFLE_BUFFER = 10_000  # records held per source to decorrelate file order (LLaMA-Factory's default is 16,384)
 TOKENIZER_SAMPLE = 20_000  # training examples a tokenizer built from the data learns from
 
 
 def _ext(path: str) -> str:
-    low = path.lower()
-    return next((e for e in sorted(BUILDERS, key=len, reverse=True) if low.endswith(e)), os.path.splitext(low)[1])
+    return sources.file_ext(path, BUILDERS)
 
 
 def _files(src: SourceConfig, field: str) -> list[str]:
-    path = os.path.expanduser(src.path)
-    if os.path.isdir(path):
-        files = sorted(f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True) if _ext(f) in BUILDERS)
-    elif any(c in src.path for c in "*?["):
-        files = sorted(glob.glob(path, recursive=True))
-    else:
-        files = [path] if os.path.exists(path) else []
+    files = [f for f in sources.local_files(src.path, src.split, exts=tuple(BUILDERS), recursive=True)
+             if os.path.exists(f)]
     if not files:
         raise DataError("no data files found", file=src.path, field=field,
                         fix="check the path or glob (relative paths are resolved from the current directory)")
