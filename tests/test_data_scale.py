@@ -236,6 +236,11 @@ def test_streaming_splits_by_hash_and_mixes_by_weight(tmp_path, monkeypatch):
     assert 0.68 < share < 0.82  # weights 3 : 1
     batch = list(islice(iter(prep.train.dataset), 4))
     assert set(batch[0]) == {"input_ids", "labels"} and all(len(b["input_ids"]) <= 128 for b in batch)
+    # `sft eval RECIPE` scores the same eval set, chosen from the stream: the corpus is not read through
+    import sft.evaluation.run as ev
+
+    monkeypatch.setattr(ev, "split_corpus", lambda *a, **k: pytest.fail("read the whole corpus"))
+    assert ev.recipe_splits(r, with_train=False).eval == prep.splits.eval
 
 
 def test_streaming_needs_max_steps_and_readable_shards(tmp_path):

@@ -18,7 +18,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from .. import rundir
-from ..data.pipeline import encode, encode_prompts, final_answer, load_splits, prompt_text, record_id
+from ..data.pipeline import encode, encode_prompts, final_answer, prompt_text, record_id, split_corpus
 from ..data.templates import get_template
 from ..distributed import gather, rank_world, shard
 from ..errors import EvalError
@@ -280,9 +280,24 @@ def write_eval_outputs(out: str, recipe: Recipe, result: dict, *, before: dict |
     return metrics
 
 
+def recipe_splits(recipe: Recipe, *, with_train: bool = True):
+    """The recipe's splits as evaluation reads them. A streaming recipe's eval set is chosen from the stream, as
+    its training run chose it, without reading the corpus through (its 'train' is the first training records,
+    what a tokenizer built from the data learns from; it has no test set)."""
+    d = recipe.data
+    if d.streaming:
+        from ..data.pipeline import Splits
+        from ..data.stream import open_corpus
+
+        corpus = open_corpus(d, recipe.path)
+        return Splits(corpus.tokenizer_sample() if with_train else [], corpus.eval, [], corpus.report,
+                      corpus.per_source)
+    return split_corpus(d, recipe_file=recipe.path).splits(with_train=with_train)
+
+
 def saved_split(target: str, recipe: Recipe, split: str) -> list[dict]:
     """The exact eval/test examples a run held out (by id), from today's data; an error if they are gone."""
-    splits = load_splits(recipe.data, recipe_file=recipe.path)
+    splits = recipe_splits(recipe)
     path = os.path.join(target, rundir.FINGERPRINT)
     if split == "train" or not os.path.exists(path):
         return splits.split(split)
@@ -304,7 +319,7 @@ def saved_split(target: str, recipe: Recipe, split: str) -> list[dict]:
 def evaluate_target(target: str, overrides: list[str], *, split: str = "eval", max_samples: int | None = None,
                  out: str | None = None) -> tuple[str, dict]:
     """Score a recipe's base model (target = recipe file) or a training output directory."""
-    from ..modeling import get_tokenizer, load_for_inference, load_model, resolve_arch
+    from ..modeling import builds_tokenizer, get_tokenizer, load_for_inference, load_model, resolve_arch
 
     if max_samples is not None and max_samples < 1:
         raise EvalError(f"--max-samples must be at least 1 (got {max_samples})", field="--max-samples")
@@ -322,7 +337,7 @@ def evaluate_target(target: str, overrides: list[str], *, split: str = "eval", m
         model_path = target
     else:
         recipe = load_recipe(target, overrides)
-        splits = load_splits(recipe.data, recipe_file=recipe.path)
+        splits = recipe_splits(recipe, with_train=split == "train" or builds_tokenizer(recipe))
         records = splits.split(split)
         arch = resolve_arch(recipe.model)
         tokenizer = get_tokenizer(recipe, splits.train, arch)
