@@ -388,3 +388,46 @@ def test_hub_source_is_read_a_batch_at_a_time(monkeypatch):
     monkeypatch.setattr(sources, "CHUNK", 10)
     chunks = list(sources.iter_rows("someone/data"))
     assert [len(c) for c in chunks] == [10, 10, 5] and [r for c in chunks for r in c] == rows
+
+
+def test_large_data_files_are_fingerprinted_by_samples(tmp_path, monkeypatch):
+    import hashlib
+
+    from sft import rundir
+    from sft.recipe import SourceConfig
+
+    monkeypatch.setattr(rundir, "SAMPLED_OVER", 4 << 20)
+    big = tmp_path / "shards" / "part-0.jsonl"
+    big.parent.mkdir()
+    line = json.dumps({"instruction": "q", "output": "a" * 80}) + "\n"
+    big.write_text(line * (16 * (1 << 20) // len(line)))
+    (tmp_path / "shards" / "small.jsonl").write_text(line)
+    src = SourceConfig(path=str(tmp_path / "shards"))
+    first = rundir.source_fingerprint(src)["files"]["part-0.jsonl"]
+    assert first.startswith("s") and not rundir.source_fingerprint(src)["files"]["small.jsonl"].startswith("s")
+
+    hashed = []
+
+    class Counting:  # sha256 that counts what it is fed
+        def __init__(self, data=b""):
+            self.h = hashlib.new("sha256", data)
+
+        def update(self, b):
+            hashed.append(len(b))
+            self.h.update(b)
+
+        def hexdigest(self):
+            return self.h.hexdigest()
+
+    with monkeypatch.context() as m:
+        m.setattr(rundir.hashlib, "sha256", Counting)
+        assert rundir.data_file_digest(str(big)) == first
+    assert sum(hashed) == 2 * (1 << 20) + 64 * (1 << 16) < big.stat().st_size  # not read through
+    data = bytearray(big.read_bytes())
+    data[len(data) * 32 // 65 + 10] = ord("b")  # inside a sampled block
+    big.write_bytes(bytes(data))
+    changed = rundir.data_file_digest(str(big))
+    assert changed != first
+    with open(big, "ab") as fh:  # an appended row changes the size
+        fh.write(line.encode())
+    assert rundir.data_file_digest(str(big)) not in (first, changed)
