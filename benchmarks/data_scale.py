@@ -268,7 +268,11 @@ def main() -> None:
     ap.add_argument("--stream-examples", type=int, default=100_000)
     ap.add_argument("--work", default="/tmp/sft-data-scale", help="scratch folder (shards, caches): removed after")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "data-scale"))
+    ap.add_argument("--table-only", action="store_true", help="rewrite results.md from --out's results.json")
     args = ap.parse_args()
+    if args.table_only:
+        with open(os.path.join(args.out, "results.json"), encoding="utf-8") as fh:
+            return write(json.load(fh), args)
     if not os.path.isdir(os.path.join(SHARED, "tokenizers", "gpt2")):
         raise SystemExit(f"needs ../shared (the GPT-2 tokenizer and the Alpaca demo rows) beside the project: {SHARED}")
     if os.path.exists(args.work) and os.listdir(args.work):
@@ -291,7 +295,7 @@ def run_all(args) -> dict:
     print(f"generated {args.rows:,} + {args.list_rows:,} rows in {time.perf_counter() - t:.0f} s", flush=True)
     g = lambda d: os.path.join(d, "*.parquet")  # noqa: E731
     res = {"rows": args.rows, "list_rows": args.list_rows, "stream_rows": args.rows * args.stream_copies,
-           "cpus": os.cpu_count()}
+           "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
     res["raw"] = measure("raw", g(big), str(args.raw_rows))
     res["prepare_1"] = measure("prepare", g(big), os.path.join(w, "cache1"), "1")
     res["cached"] = measure("prepare", g(big), os.path.join(w, "cache1"), "1")
@@ -325,7 +329,8 @@ def write(res: dict, args) -> None:
     lines = ["| stage | rows | wall s | tokens/s | peak RSS MiB | peak private MiB | vs raw / note |",
              "|---|---|---|---|---|---|---|"]
     for name, r, n, note in rows:
-        lines.append(f"| {name} | {n} | {r['wall_s']:.1f} | {tps(r):,.0f} | {r['peak_rss_mb']:,.0f} | {private(r)} | "
+        rate = "-" if r.get("cache") == "hit" else f"{tps(r):,.0f}"  # nothing is tokenised on a hit
+        lines.append(f"| {name} | {n} | {r['wall_s']:.1f} | {rate} | {r['peak_rss_mb']:,.0f} | {private(r)} | "
                      f"{note} |")
     s1, sn = res["stream_1x"], res["stream_nx"]
     for name, r, n in (("streaming, 100k examples read", s1, res["rows"]), ("streaming, 100k examples read", sn,
@@ -346,7 +351,7 @@ def write(res: dict, args) -> None:
     os.makedirs(args.out, exist_ok=True)
     md = "\n".join(["# Data at scale (benchmarks/data_scale.py)", "",
                     f"{os.cpu_count()} CPUs; GPT-2 tokenizer; Alpaca-demo rows made distinct; "
-                    f"{time.strftime('%Y-%m-%d')}.", "", *lines, "", "Goals:", *[f"- {g}" for g in goals], ""])
+                    f"{res.get('date', time.strftime('%Y-%m-%d'))}.", "", *lines, "", "Goals:", *[f"- {g}" for g in goals], ""])
     with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as fh:
         fh.write(md)
     with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as fh:
