@@ -217,13 +217,14 @@ def file_digest(path: str) -> str:
     return h.hexdigest()[:20]
 
 
-SAMPLED_OVER = 1 << 30  # a data file this large is fingerprinted by samples of its content, not read through
+SAMPLED_OVER = 1 << 30  # a streamed data file this large is fingerprinted by samples of its content
 
 
 def data_file_digest(path: str) -> str:
-    """A data file's content hash. Beyond SAMPLED_OVER bytes (a corpus shard set of 100 GB would take minutes at
-    every start), its size, first and last MiB and 64 evenly spaced 64 KiB blocks stand for it: any rewrite
-    that changes the size or a sampled block is seen, and copying the file keeps the digest."""
+    """A streamed data file's content hash. Beyond SAMPLED_OVER bytes (a 100 GB shard set would take minutes at
+    every start), its size, first and last MiB and 64 evenly spaced 64 KiB blocks stand for it: a rewrite that
+    changes the size or a sampled block is seen, and copying the file keeps the digest. (Prepared sources are
+    hashed in full: their hash keys the tokenised cache, which must never serve stale data.)"""
     size = os.path.getsize(path)
     if size <= SAMPLED_OVER:
         return file_digest(path)
@@ -235,22 +236,23 @@ def data_file_digest(path: str) -> str:
     return "s" + h.hexdigest()[:19]
 
 
-def source_fingerprint(src) -> dict:
-    """What a source's content is: each local file's hash; a builtin's parameters; a Hub id and revision."""
-    from .data.sources import ALL_EXTS, local_files
+def source_fingerprint(src, *, streaming: bool = False) -> dict:
+    """What a source's content is: each local file's hash (every data file its reader would read); a builtin's
+    parameters; a Hub id and revision."""
+    from .data.sources import local_files
 
     if src.path.startswith("builtin:"):
         return {"path": src.path, "builtin": {"num_examples": src.num_examples, "tasks": list(src.tasks),
                                               "split": src.split}}
-    # every file the prepared or the streaming reader would read (a folder's subfolders included)
-    files = local_files(src.path, src.split, exts=ALL_EXTS, recursive=True)
+    files = local_files(src.path, None, streaming=streaming)
     if files is None:
         return {"path": src.path, "hub": {"split": src.split, "subset": src.subset}}
     files = [f for f in files if os.path.isfile(f)]
     names = [os.path.basename(f) for f in files]
-    if len(set(names)) < len(names):  # same names in different subfolders: name them from their common folder
+    if len(set(names)) < len(names):  # same names in different folders: name them from their common folder
         names = [os.path.relpath(f, os.path.commonpath(files)) for f in files]
-    return {"path": src.path, "files": {n: data_file_digest(f) for n, f in zip(names, files)}}
+    digest = data_file_digest if streaming else file_digest
+    return {"path": src.path, "files": {n: digest(f) for n, f in zip(names, files)}}
 
 
 def tokenizer_digest(tokenizer) -> str:
@@ -272,7 +274,7 @@ def data_fingerprint(recipe, tokenizer, splits) -> dict:
     from .data.pipeline import record_id
 
     d = recipe.data
-    return {"sources": [source_fingerprint(s) for s in d.sources],
+    return {"sources": [source_fingerprint(s, streaming=d.streaming) for s in d.sources],
             "eval_sources": [source_fingerprint(s) for s in d.eval_sources],
             "template": template_digest(d.template), "tokenizer": tokenizer_digest(tokenizer),
             "eval_ids": [record_id(r) for r in splits.eval], "test_ids": [record_id(r) for r in splits.test]}

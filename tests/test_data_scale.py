@@ -241,6 +241,13 @@ def test_streaming_splits_by_hash_and_mixes_by_weight(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ev, "split_corpus", lambda *a, **k: pytest.fail("read the whole corpus"))
     assert ev.recipe_splits(r, with_train=False).eval == prep.splits.eval
+    # the test (or train) split of a streaming recipe is the prepared path's, read through as before
+    def prepared(*a, **k):
+        raise LookupError("the prepared path")
+
+    monkeypatch.setattr(ev, "split_corpus", prepared)
+    with pytest.raises(LookupError, match="prepared path"):
+        ev.recipe_splits(r, "test")
 
 
 def test_streaming_needs_max_steps_and_readable_shards(tmp_path):
@@ -345,7 +352,10 @@ def _big_jsonl(path, n, dup_every=7):
     with open(path, "w") as fh:
         for i in range(n):
             k = i - 1 if i % dup_every == 0 and i else i  # exact duplicates straddle piece boundaries
-            fh.write(json.dumps({"instruction": f"question {k}", "output": f"answer {k}"}) + "\n")
+            row = {"instruction": f"question {k}", "output": f"answer {k}"}
+            if i == n - 5:  # a row that cannot be converted, in the last piece (after duplicates were dropped)
+                del row["output"]
+            fh.write(json.dumps(row) + "\n")
 
 
 def test_a_source_read_in_pieces_splits_exactly_as_read_whole(tmp_path, monkeypatch):
@@ -368,7 +378,11 @@ def test_a_source_read_in_pieces_splits_exactly_as_read_whole(tmp_path, monkeypa
     pieces = load_splits(data)
     assert [json.dumps(x) for x in pieces.train] == [json.dumps(x) for x in whole.train]
     assert pieces.eval == whole.eval and pieces.test == whole.test and len(whole.eval) == 90
-    assert dict(pieces.report.dropped) == dict(whole.report.dropped) and whole.report.dropped["exact duplicate"] > 100
+    # the same counts in the same order (a report read whole lists a source's conversion drops first)
+    assert list(pieces.report.dropped.items()) == list(whole.report.dropped.items())
+    assert list(whole.report.dropped)[:2] == ["a: null or missing field 'output'", "exact duplicate"]
+    assert {k: dict(v) for k, v in pieces.report.dropped_by_source.items()} == \
+        {k: dict(v) for k, v in whole.report.dropped_by_source.items()}
     assert pieces.per_source == whole.per_source
     # weighted copies are one object, as in the list algorithm
     assert len({id(x) for x in pieces.train}) < len(pieces.train)
@@ -390,7 +404,7 @@ def test_hub_source_is_read_a_batch_at_a_time(monkeypatch):
     assert [len(c) for c in chunks] == [10, 10, 5] and [r for c in chunks for r in c] == rows
 
 
-def test_large_data_files_are_fingerprinted_by_samples(tmp_path, monkeypatch):
+def test_large_streamed_files_are_fingerprinted_by_samples(tmp_path, monkeypatch):
     import hashlib
 
     from sft import rundir
@@ -403,8 +417,11 @@ def test_large_data_files_are_fingerprinted_by_samples(tmp_path, monkeypatch):
     big.write_text(line * (16 * (1 << 20) // len(line)))
     (tmp_path / "shards" / "small.jsonl").write_text(line)
     src = SourceConfig(path=str(tmp_path / "shards"))
-    first = rundir.source_fingerprint(src)["files"]["part-0.jsonl"]
-    assert first.startswith("s") and not rundir.source_fingerprint(src)["files"]["small.jsonl"].startswith("s")
+    first = rundir.source_fingerprint(src, streaming=True)["files"]["part-0.jsonl"]
+    assert first.startswith("s") and not rundir.source_fingerprint(src, streaming=True)["files"]["small.jsonl"
+                                                                                      ].startswith("s")
+    # a prepared source is hashed in full (its hash keys the tokenised cache)
+    assert rundir.source_fingerprint(src)["files"]["part-0.jsonl"] == rundir.file_digest(str(big))
 
     hashed = []
 
@@ -431,3 +448,32 @@ def test_large_data_files_are_fingerprinted_by_samples(tmp_path, monkeypatch):
     with open(big, "ab") as fh:  # an appended row changes the size
         fh.write(line.encode())
     assert rundir.data_file_digest(str(big)) not in (first, changed)
+
+
+def test_each_reader_resolves_files_as_before(tmp_path):
+    """Prepared reading: a glob's ** is one folder level, a build-data folder gives its split's file, a fingerprint
+    lists a folder's top-level data files. Streaming: ** and folders reach into subfolders, .gz counts, and a
+    folder streams every file."""
+    from sft import rundir
+    from sft.data.sources import local_files
+    from sft.recipe import SourceConfig
+
+    d = tmp_path / "data"
+    (d / "sub").mkdir(parents=True)
+    for f in ("train.jsonl", "eval.jsonl", "sub/deep.jsonl", "sub/more.jsonl.gz", "notes.txt"):
+        (d / f).write_text(json.dumps({"instruction": "q", "output": f}) + "\n")
+    names = lambda fs: [os.path.relpath(f, d) for f in fs]  # noqa: E731
+    assert names(local_files(str(d / "**" / "*.jsonl"))) == ["sub/deep.jsonl"]
+    assert names(local_files(str(d / "**" / "*.jsonl"), streaming=True)) == ["eval.jsonl", "sub/deep.jsonl",
+                                                                             "train.jsonl"]
+    assert names(local_files(str(d))) == ["train.jsonl"] and names(local_files(str(d), "eval")) == ["eval.jsonl"]
+    assert names(local_files(str(d), None)) == ["eval.jsonl", "train.jsonl"]
+    assert names(local_files(str(d), None, streaming=True)) == ["eval.jsonl", "sub/deep.jsonl", "sub/more.jsonl.gz",
+                                                                "train.jsonl"]
+    src = SourceConfig(path=str(d))
+    assert sorted(rundir.source_fingerprint(src)["files"]) == ["eval.jsonl", "train.jsonl"]
+    assert sorted(rundir.source_fingerprint(src, streaming=True)["files"]) == [
+        "deep.jsonl", "eval.jsonl", "more.jsonl.gz", "train.jsonl"]
+    (d / "sub" / "train.jsonl").write_text("{}\n")  # two files of one name: named from their common folder
+    assert sorted(rundir.source_fingerprint(src, streaming=True)["files"]) == [
+        "eval.jsonl", "sub/deep.jsonl", "sub/more.jsonl.gz", "sub/train.jsonl", "train.jsonl"]

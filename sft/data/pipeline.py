@@ -236,6 +236,8 @@ class RecordStore:
     def add(self, records: list[dict], name: str) -> None:
         import pyarrow as pa
 
+        if self._table is not None:
+            raise RuntimeError("RecordStore.add after table(): the records are already read")
         if name not in self.names:
             self.names.append(name)
         self._source.extend([self.names.index(name)] * len(records))
@@ -249,10 +251,15 @@ class RecordStore:
         if self._path is None:
             self._batches.append(batch)
             return
+        self._open_file().write_batch(batch)
+
+    def _open_file(self):
+        import pyarrow as pa
+
         if self._writer is None:
             self._sink = pa.OSFile(self._path, "wb")
-            self._writer = pa.ipc.new_stream(self._sink, batch.schema)
-        self._writer.write_batch(batch)
+            self._writer = pa.ipc.new_stream(self._sink, pa.schema([("record", pa.string())]))
+        return self._writer
 
     def arrays(self):
         """(source, hash, tie) per example, as numpy arrays."""
@@ -274,9 +281,7 @@ class RecordStore:
                 schema = pa.schema([("record", pa.string())])
                 self._table = Dataset(pa.Table.from_batches(self._batches, schema=schema))
             else:
-                if self._writer is None:
-                    self.add([], self.names[0] if self.names else "")
-                self._writer.close()
+                self._open_file().close()
                 self._sink.close()
                 self._table = Dataset.from_file(self._path)
         return self._table
@@ -339,12 +344,13 @@ def split_corpus(cfg: DataConfig, *, recipe_file: str | None = None, workdir: st
     def load_all(srcs: list[SourceConfig], prefix: str) -> list[range]:
         out = []
         for i, (src, name) in enumerate(zip(srcs, source_names(srcs))):
-            start, seen = len(store), set()  # duplicates are found within a source
+            start, seen, cleaning = len(store), set(), DropReport()  # duplicates are found within a source
             for recs in iter_source(src, i, field_prefix=prefix, seed=cfg.seed, report=report, per_source=per_source,
                                     recipe_file=recipe_file, name=name):
                 store.add(clean_records(recs, normalize_form=cfg.clean.normalize, dedupe=cfg.clean.dedupe,
-                                        strip_eos_markers=cfg.clean.strip_eos_markers, report=report, seen=seen),
+                                        strip_eos_markers=cfg.clean.strip_eos_markers, report=cleaning, seen=seen),
                           name)
+            report.merge(cleaning)  # after the source's conversion drops: the report reads in the same order
             out.append(range(start, len(store)))
         return out
 

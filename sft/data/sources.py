@@ -169,19 +169,23 @@ def file_ext(path: str, exts=ALL_EXTS) -> str:
     return next((e for e in sorted(exts, key=len, reverse=True) if low.endswith(e)), os.path.splitext(low)[1])
 
 
-def local_files(path: str, split: str = "train", *, exts=LOCAL_EXTS, recursive: bool = False) -> list[str] | None:
-    """The files a local source names, sorted: a file; a glob (`**` spans folders); a `sft build-data` folder's
-    {split}.jsonl; or a folder's files of the types `exts` (with `recursive`, in its subfolders too). None for
-    builtin: and Hub ids. The one resolver for reading, streaming and fingerprinting a source."""
+def local_files(path: str, split: str | None = "train", *, streaming: bool = False) -> list[str] | None:
+    """The files a local source names, sorted, as its reader reads them; None for builtin: and Hub ids. The one
+    resolver for reading, streaming and fingerprinting a source.
+      prepared (default): a file; a glob; a `sft build-data` folder's {split}.jsonl (split None: every data
+        file of the folder); else the folder's .json/.jsonl/.csv/.parquet files
+      streaming: the same, but a glob's `**` and a folder reach into subfolders, .gz files count, and a folder's
+        files are all streamed (no build-data rule)"""
     if path.startswith("builtin:"):
         return None
     expanded = os.path.expanduser(path)
     if os.path.isdir(expanded):
-        files = _build_data_dir_files(expanded, split)
-        pattern = os.path.join(expanded, "**", "*") if recursive else os.path.join(expanded, "*")
-        return files or sorted(f for f in glob.glob(pattern, recursive=recursive) if file_ext(f) in exts)
+        files = _build_data_dir_files(expanded, split) if split is not None and not streaming else []
+        pattern = os.path.join(expanded, "**", "*") if streaming else os.path.join(expanded, "*")
+        exts = STREAM_EXTS if streaming else LOCAL_EXTS
+        return files or sorted(f for f in glob.glob(pattern, recursive=streaming) if file_ext(f) in exts)
     if is_local_path(path):
-        return sorted(glob.glob(expanded, recursive=True)) if any(c in path for c in "*?[") else [expanded]
+        return sorted(glob.glob(expanded, recursive=streaming)) if any(c in path for c in "*?[") else [expanded]
     return None
 
 
@@ -208,13 +212,21 @@ def iter_rows(path: str, *, split: str = "train", subset: str | None = None, fie
 
 
 def _rebatch(chunks: Iterator[list[dict]], size: int) -> Iterator[list[dict]]:
-    """Even lists of `size` rows, whatever the files' sizes (format detection reads the first rows)."""
+    """Even lists of `size` rows, whatever the files' sizes (format detection reads the first rows); each row is
+    copied at most once."""
     buf: list[dict] = []
     for c in chunks:
-        buf.extend(c)
-        while len(buf) >= size:
-            yield buf[:size]
-            buf = buf[size:]
+        i = 0
+        if buf:  # top up the rows left over from the previous list
+            i = min(size - len(buf), len(c))
+            buf.extend(c[:i])
+            if len(buf) < size:
+                continue
+            yield buf
+        while len(c) - i >= size:
+            yield c[i:i + size]
+            i += size
+        buf = c[i:]
     if buf:
         yield buf
 
@@ -259,5 +271,5 @@ def _read_hub(repo_id: str, *, split: str, subset: str | None, field: str):
 
 def _hub_chunks(repo_id: str, *, split: str, subset: str | None, field: str) -> Iterator[list[dict]]:
     ds = _read_hub(repo_id, split=split, subset=subset, field=field)  # memory-mapped: read a batch at a time
-    for batch in ds.iter(batch_size=CHUNK):
-        yield [dict(zip(batch, values)) for values in zip(*batch.values())]
+    for batch in ds.with_format("arrow").iter(batch_size=CHUNK):  # raw rows, as to_list gives them (no decoding)
+        yield batch.to_pylist()

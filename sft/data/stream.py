@@ -32,8 +32,7 @@ def _ext(path: str) -> str:
 
 
 def _files(src: SourceConfig, field: str) -> list[str]:
-    files = [f for f in sources.local_files(src.path, src.split, exts=tuple(BUILDERS), recursive=True)
-             if os.path.exists(f)]
+    files = [f for f in sources.local_files(src.path, None, streaming=True) if os.path.exists(f)]
     if not files:
         raise DataError("no data files found", file=src.path, field=field,
                         fix="check the path or glob (relative paths are resolved from the current directory)")

@@ -280,12 +280,12 @@ def write_eval_outputs(out: str, recipe: Recipe, result: dict, *, before: dict |
     return metrics
 
 
-def recipe_splits(recipe: Recipe, *, with_train: bool = True):
+def recipe_splits(recipe: Recipe, split: str = "eval", *, with_train: bool = True):
     """The recipe's splits as evaluation reads them. A streaming recipe's eval set is chosen from the stream, as
-    its training run chose it, without reading the corpus through (its 'train' is the first training records,
-    what a tokenizer built from the data learns from; it has no test set)."""
+    its training run chose it, without reading the corpus through (its 'train' is then the first training
+    records, what a tokenizer built from the data learns from); other splits come from the prepared path."""
     d = recipe.data
-    if d.streaming:
+    if d.streaming and split in ("eval", "validation"):
         from ..data.pipeline import Splits
         from ..data.stream import open_corpus
 
@@ -297,7 +297,7 @@ def recipe_splits(recipe: Recipe, *, with_train: bool = True):
 
 def saved_split(target: str, recipe: Recipe, split: str) -> list[dict]:
     """The exact eval/test examples a run held out (by id), from today's data; an error if they are gone."""
-    splits = recipe_splits(recipe)
+    splits = recipe_splits(recipe, split)
     path = os.path.join(target, rundir.FINGERPRINT)
     if split == "train" or not os.path.exists(path):
         return splits.split(split)
@@ -306,7 +306,8 @@ def saved_split(target: str, recipe: Recipe, split: str) -> list[dict]:
     pool = {record_id(r): r for r in splits.train + splits.eval + splits.test}
     missing = [i for i in ids if i not in pool]
     if missing:
-        now = {"sources": [rundir.source_fingerprint(s) for s in recipe.data.sources],
+        d = recipe.data
+        now = {"sources": [rundir.source_fingerprint(s, streaming=d.streaming) for s in d.sources],
                "eval_sources": [rundir.source_fingerprint(s) for s in recipe.data.eval_sources]}
         changes = rundir.data_changes({k: saved.get(k, []) for k in now}, now)
         raise EvalError(f"the data changed since training: {len(missing)} of the run's {len(ids)} {split} examples "
@@ -337,7 +338,7 @@ def evaluate_target(target: str, overrides: list[str], *, split: str = "eval", m
         model_path = target
     else:
         recipe = load_recipe(target, overrides)
-        splits = recipe_splits(recipe, with_train=split == "train" or builds_tokenizer(recipe))
+        splits = recipe_splits(recipe, split, with_train=split == "train" or builds_tokenizer(recipe))
         records = splits.split(split)
         arch = resolve_arch(recipe.model)
         tokenizer = get_tokenizer(recipe, splits.train, arch)
