@@ -255,6 +255,13 @@ def source_fingerprint(src, *, streaming: bool = False) -> dict:
     return {"path": src.path, "files": {n: digest(f) for n, f in zip(names, files)}}
 
 
+def sources_fingerprint(d) -> dict:
+    """The fingerprints of a data section's training and eval sources (training sources as their reader reads
+    them: streamed or prepared)."""
+    return {"sources": [source_fingerprint(s, streaming=d.streaming) for s in d.sources],
+            "eval_sources": [source_fingerprint(s) for s in d.eval_sources]}
+
+
 def tokenizer_digest(tokenizer) -> str:
     vocab = sorted(tokenizer.get_vocab().items())
     chat = getattr(tokenizer, "chat_template", None)  # template: tokenizer renders with it
@@ -274,9 +281,7 @@ def data_fingerprint(recipe, tokenizer, splits) -> dict:
     from .data.pipeline import record_id
 
     d = recipe.data
-    return {"sources": [source_fingerprint(s, streaming=d.streaming) for s in d.sources],
-            "eval_sources": [source_fingerprint(s) for s in d.eval_sources],
-            "template": template_digest(d.template), "tokenizer": tokenizer_digest(tokenizer),
+    return {**sources_fingerprint(d), "template": template_digest(d.template), "tokenizer": tokenizer_digest(tokenizer),
             "eval_ids": [record_id(r) for r in splits.eval], "test_ids": [record_id(r) for r in splits.test]}
 
 

@@ -247,18 +247,24 @@ class RecordStore:
             self._tie.append(t)
         # ASCII JSON: a lone surrogate (valid in a JSON string) survives the UTF-8 Arrow column
         batch = pa.record_batch([pa.array([json.dumps(r) for r in records], pa.string())],
-                                names=["record"])
+                                schema=self.schema())
         if self._path is None:
             self._batches.append(batch)
             return
         self._open_file().write_batch(batch)
+
+    @staticmethod
+    def schema():
+        import pyarrow as pa
+
+        return pa.schema([("record", pa.string())])
 
     def _open_file(self):
         import pyarrow as pa
 
         if self._writer is None:
             self._sink = pa.OSFile(self._path, "wb")
-            self._writer = pa.ipc.new_stream(self._sink, pa.schema([("record", pa.string())]))
+            self._writer = pa.ipc.new_stream(self._sink, self.schema())
         return self._writer
 
     def arrays(self):
@@ -278,8 +284,7 @@ class RecordStore:
             from datasets import Dataset
 
             if self._path is None:
-                schema = pa.schema([("record", pa.string())])
-                self._table = Dataset(pa.Table.from_batches(self._batches, schema=schema))
+                self._table = Dataset(pa.Table.from_batches(self._batches, schema=self.schema()))
             else:
                 self._open_file().close()
                 self._sink.close()

@@ -16,7 +16,10 @@ from ..errors import DataError
 from . import synthetic
 
 LOCAL_EXTS = (".json", ".jsonl", ".csv", ".parquet")
-STREAM_EXTS = (".parquet", ".jsonl", ".json", ".jsonl.gz", ".json.gz", ".csv")  # what data.streaming reads
+# what data.streaming reads, and the `datasets` builder that reads each type
+STREAM_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".jsonl.gz": "json", ".json.gz": "json",
+                   ".csv": "csv"}
+STREAM_EXTS = tuple(STREAM_BUILDERS)
 ALL_EXTS = tuple(dict.fromkeys(LOCAL_EXTS + STREAM_EXTS))
 CHUNK = 10_000  # rows per piece when a source is read a piece at a time
 
@@ -128,11 +131,7 @@ def _read_csv(path: str, field: str) -> list[dict]:
 _EXTRA = "\x00extra"
 
 
-def _read_parquet(path: str, field: str) -> list[dict]:
-    return [r for chunk in _parquet_chunks(path, field) for r in chunk]
-
-
-def _parquet_chunks(path: str, field: str, size: int = 10_000) -> Iterator[list[dict]]:
+def _parquet_chunks(path: str, field: str, size: int = CHUNK) -> Iterator[list[dict]]:
     """Row groups in batches of `size` rows: a large shard is never in memory whole."""
     import pyarrow.parquet as pq
 
@@ -143,12 +142,12 @@ def _parquet_chunks(path: str, field: str, size: int = 10_000) -> Iterator[list[
         raise DataError(f"cannot read parquet ({e})", file=path, field=field) from e
 
 
-_READERS = {".json": _read_json, ".jsonl": _read_jsonl, ".csv": _read_csv, ".parquet": _read_parquet}
+_READERS = {".json": _read_json, ".jsonl": _read_jsonl, ".csv": _read_csv}  # whole files; Parquet by row batches
 
 
 def _local_chunks(path: str, field: str) -> Iterator[list[dict]]:
     ext = os.path.splitext(path)[1].lower()
-    if ext not in _READERS:
+    if ext not in LOCAL_EXTS:
         raise DataError(f"unsupported file type {ext!r}", file=path, field=field,
                         fix=f"use one of {', '.join(LOCAL_EXTS)}")
     if ext == ".parquet":

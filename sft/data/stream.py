@@ -21,14 +21,9 @@ from .clean import DropReport, clean_records, prompt_key
 from .pipeline import (allocate, hash_split, load_source, records_from_rows, source_format, source_names,
                        split_hash)
 
-BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".jsonl.gz": "json", ".json.gz": "json",
-            ".csv": "csv"}  # datasets' reader per file type (sources.STREAM_EXTS)
+BUILDERS = sources.STREAM_BUILDERS
 SHUFFLE_BUFFER = 10_000  # records held per source to decorrelate file order (LLaMA-Factory's default is 16,384)
 TOKENIZER_SAMPLE = 20_000  # training examples a tokenizer built from the data learns from
-
-
-def _ext(path: str) -> str:
-    return sources.file_ext(path, BUILDERS)
 
 
 def _files(src: SourceConfig, field: str) -> list[str]:
@@ -36,9 +31,9 @@ def _files(src: SourceConfig, field: str) -> list[str]:
     if not files:
         raise DataError("no data files found", file=src.path, field=field,
                         fix="check the path or glob (relative paths are resolved from the current directory)")
-    kinds = {BUILDERS.get(_ext(f)) for f in files}
+    kinds = {BUILDERS.get(sources.file_ext(f)) for f in files}
     if None in kinds:
-        bad = next(f for f in files if _ext(f) not in BUILDERS)
+        bad = next(f for f in files if sources.file_ext(f) not in BUILDERS)
         raise DataError(f"unsupported file type for streaming ({os.path.basename(bad)})", file=src.path, field=field,
                         fix=f"stream {', '.join(sorted(BUILDERS))} files")
     if len(kinds) > 1:
@@ -57,12 +52,12 @@ def open_stream(src: SourceConfig, *, field: str, seed: int):
                                                             seed=seed)).to_iterable_dataset(num_shards=1)
     if sources.is_local_path(src.path) or os.path.isdir(os.path.expanduser(src.path)):
         files = _files(src, field)
-        builder = BUILDERS[_ext(files[0])]
+        builder = BUILDERS[sources.file_ext(files[0])]
         try:
             return datasets.load_dataset(builder, data_files=files, split="train", streaming=True)
         except Exception as e:  # a shard that is not what its name says: one line naming the source
             raise DataError(f"cannot read ({type(e).__name__}: {str(e).splitlines()[0][:160]})", file=src.path,
-                            field=field, fix=f"check that every {_ext(files[0])} file is valid") from e
+                            field=field, fix=f"check that every {sources.file_ext(files[0])} file is valid") from e
     try:
         return datasets.load_dataset(src.path, src.subset, split=src.split, streaming=True)
     except Exception as e:  # offline, missing repo or split: one line
@@ -193,6 +188,12 @@ class Stream:
     eval: list[dict]
     per_source: dict
     report: DropReport
+
+    def splits(self, train: list[dict] = ()):
+        """As `pipeline.Splits`: the eval records (a stream has no test set), with `train` records if given."""
+        from .pipeline import Splits
+
+        return Splits(list(train), self.eval, [], self.report, self.per_source)
 
     @property
     def held(self) -> set:

@@ -286,12 +286,10 @@ def recipe_splits(recipe: Recipe, split: str = "eval", *, with_train: bool = Tru
     records, what a tokenizer built from the data learns from); other splits come from the prepared path."""
     d = recipe.data
     if d.streaming and split in ("eval", "validation"):
-        from ..data.pipeline import Splits
         from ..data.stream import open_corpus
 
         corpus = open_corpus(d, recipe.path)
-        return Splits(corpus.tokenizer_sample() if with_train else [], corpus.eval, [], corpus.report,
-                      corpus.per_source)
+        return corpus.splits(corpus.tokenizer_sample() if with_train else [])
     return split_corpus(d, recipe_file=recipe.path).splits(with_train=with_train)
 
 
@@ -306,9 +304,7 @@ def saved_split(target: str, recipe: Recipe, split: str) -> list[dict]:
     pool = {record_id(r): r for r in splits.train + splits.eval + splits.test}
     missing = [i for i in ids if i not in pool]
     if missing:
-        d = recipe.data
-        now = {"sources": [rundir.source_fingerprint(s, streaming=d.streaming) for s in d.sources],
-               "eval_sources": [rundir.source_fingerprint(s) for s in recipe.data.eval_sources]}
+        now = rundir.sources_fingerprint(recipe.data)
         changes = rundir.data_changes({k: saved.get(k, []) for k in now}, now)
         raise EvalError(f"the data changed since training: {len(missing)} of the run's {len(ids)} {split} examples "
                         f"are no longer in the sources" + (f" ({'; '.join(changes)})" if changes else ""),
