@@ -2,8 +2,8 @@
 
     HF_HUB_OFFLINE=1 python benchmarks/data_scale.py [--rows 1000000] [--list-rows 100000] [--stream-rows 4000000]
 
-Measured in one run, each configuration in its own process (so each peak RSS is its own; a parent's peak plus
-its worker processes' peak where num_proc > 1). Times exclude the imports (about 5 s per process), which every
+Measured in one run, each configuration in its own process (so each peak is its own; with num_proc > 1 the
+workers' memory is summed with the parent's at each 0.1 s sample, see TreePeak). Times exclude the imports (about 5 s per process), which every
 start pays alike:
   raw          batched tokenisation of the same rendered texts, one process (the limit; its rate is taken on the
                first --raw-rows rows)
@@ -40,23 +40,26 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SHARD_ROWS = 50_000
 
 
-def peak_rss_mb() -> float:
-    """This process's peak RSS plus the largest of its waited-for children (the num_proc workers), MiB."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return (own + kids) / 1024
+def own_peak_rss_mb() -> float:
+    """This process's RSS high-water mark (VmHWM), MiB. (getrusage's RUSAGE_CHILDREN is not added: a child
+    forked and exec'd reports the parent's pages it held at the fork as its own peak, counting them twice.)"""
+    with open("/proc/self/status") as fh:
+        return next(int(x.split()[1]) for x in fh if x.startswith("VmHWM:")) / 1024
 
 
-class PrivatePeak:
-    """Peak anonymous memory of this process and its children (the num_proc workers), as proportional set size
-    summed at each sample (a page a forked worker shares with its parent counts once): what a run costs the
-    machine. RSS also counts pages of memory-mapped files, which the kernel can drop and which ranks mapping the
-    same cache share."""
+class TreePeak:
+    """Peak memory of this process and its children (the num_proc workers), sampled every `every_s`:
+    - `rss`: RSS summed over the tree (a page a forked worker shares with its parent counts in both, as RSS
+      does), never below this process's own high-water mark;
+    - `private`: anonymous memory as proportional set size (a shared page counts once): what a run costs the
+      machine. RSS also counts pages of memory-mapped files, which the kernel can drop and which ranks mapping
+      the same cache share."""
 
     def __init__(self, every_s: float = 0.1):
         import threading
 
-        self.peak, self._stop = 0.0, threading.Event()
+        self.rss = self.private = 0.0
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(every_s,), daemon=True)
 
     def __enter__(self):
@@ -66,12 +69,13 @@ class PrivatePeak:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+        self.rss = max(self.rss, own_peak_rss_mb())
 
     @staticmethod
-    def _anon_mb(pid: int) -> float:
+    def _kb(path: str, field: str) -> float:
         try:
-            with open(f"/proc/{pid}/smaps_rollup") as fh:
-                return next(int(x.split()[1]) for x in fh if x.startswith("Pss_Anon:")) / 1024
+            with open(path) as fh:
+                return next(int(x.split()[1]) for x in fh if x.startswith(field))
         except (OSError, StopIteration):
             return 0.0
 
@@ -81,7 +85,8 @@ class PrivatePeak:
         me = psutil.Process()
         while not self._stop.is_set():
             pids = [me.pid] + [c.pid for c in me.children(recursive=True)]
-            self.peak = max(self.peak, sum(self._anon_mb(p) for p in pids))
+            self.private = max(self.private, sum(self._kb(f"/proc/{p}/smaps_rollup", "Pss_Anon:") for p in pids) / 1024)
+            self.rss = max(self.rss, sum(self._kb(f"/proc/{p}/status", "VmRSS:") for p in pids) / 1024)
             self._stop.wait(every_s)
 
 
@@ -180,10 +185,10 @@ def run_prepare(data_glob: str, cache_dir: str, num_proc: int) -> dict:
 
     r = recipe(data_glob, cache_dir, num_proc=num_proc)  # validating a recipe imports the trainer stack: untimed
     start = time.perf_counter()
-    with PrivatePeak() as private:
+    with TreePeak() as peak:
         prep = prepare_data(r, "causal")
     wall = time.perf_counter() - start
-    peaks = {"peak_rss_mb": round(peak_rss_mb(), 1), "peak_private_mb": round(private.peak, 1)}  # before counting
+    peaks = {"peak_rss_mb": round(peak.rss, 1), "peak_private_mb": round(peak.private, 1)}  # before counting
     ds = prep.train.dataset
     tokens = sum(len(x) for batch in ds.select_columns(["input_ids"]).iter(batch_size=10_000)
                  for x in batch["input_ids"])
@@ -199,15 +204,15 @@ def run_list(data_glob: str) -> dict:
 
     r = recipe(data_glob, "unused")
     start = time.perf_counter()
-    private = PrivatePeak().__enter__()
+    peak = TreePeak().__enter__()
     splits = load_splits(r.data)
     tok = get_tokenizer(r, None, "causal")
     enc = encode(splits.train, tok, "alpaca", arch="causal", max_length=1024, report=splits.report)
     ds = Dataset.from_list([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in enc.features])
     wall = time.perf_counter() - start
-    private.__exit__()
+    peak.__exit__()
     return {"examples": len(ds), "tokens": sum(len(f["input_ids"]) for f in enc.features), "wall_s": wall,
-            "peak_private_mb": round(private.peak, 1)}
+            "peak_rss_mb": round(peak.rss, 1), "peak_private_mb": round(peak.private, 1)}
 
 
 def run_stream(data_glob: str, examples: int) -> dict:
@@ -242,7 +247,7 @@ def child(argv: list[str]) -> None:
     fn = {"raw": lambda: run_raw(args[0], int(args[1])), "prepare": lambda: run_prepare(args[0], args[1], int(args[2])),
           "list": lambda: run_list(args[0]), "stream": lambda: run_stream(args[0], int(args[1]))}[kind]
     out = fn()
-    out.setdefault("peak_rss_mb", round(peak_rss_mb(), 1))
+    out.setdefault("peak_rss_mb", round(own_peak_rss_mb(), 1))
     print("RESULT " + json.dumps(out), flush=True)
 
 
@@ -344,8 +349,7 @@ def write(res: dict, args) -> None:
         f"{tps(res['prepare_2']) / raw:.0%}",
         f"cached start >= 20x faster than cold: {res['prepare_1']['wall_s'] / res['cached']['wall_s']:.0f}x",
         f"peak memory <= 2 GB for {res['rows']:,} rows (num_proc 1): private {res['prepare_1']['peak_private_mb']:,.0f}"
-        f" MiB; RSS {res['prepare_1']['peak_rss_mb']:,.0f} MiB (RSS includes the touched pages of the memory-mapped "
-        "records and tokenised tables, which the kernel can drop and ranks share)",
+        f" MiB, RSS {res['prepare_1']['peak_rss_mb']:,.0f} MiB",
         f"streaming RSS flat from {res['rows']:,} to {res['stream_rows']:,} rows (within 10 %): {growth:+.1%}",
     ]
     os.makedirs(args.out, exist_ok=True)

@@ -73,7 +73,7 @@ def build(recipe: Recipe, arch: str, tokenizer=None, workdir: str | None = None)
     if tokenizer is None:
         tokenizer = get_tokenizer(recipe, corpus.store.records(corpus.train) if builds_tokenizer(recipe) else None,
                                   arch)
-    enc = encode_dataset(corpus.store.table(), corpus.train, tokenizer, d.template, arch=arch,
+    enc = encode_dataset(corpus.store.reader(), corpus.train, tokenizer, d.template, arch=arch,
                          max_length=d.max_length, overlong=d.clean.overlong, system=d.system_prompt,
                          num_proc=d.num_proc, report=corpus.report, workdir=workdir)
     # per source: distinct training examples and all of them with weighted copies
@@ -84,8 +84,8 @@ def build(recipe: Recipe, arch: str, tokenizer=None, workdir: str | None = None)
     distinct = np.bincount(source[np.unique(kept)], minlength=len(names))
     counts = {n: (int(distinct[i]), int(total[i])) for i, n in enumerate(names)}
     splits = corpus.splits(with_train=False)  # the records are not needed past this point (nor on a cache hit)
-    return Prepared(splits, tokenizer, arch, TrainSet(enc.features, length_stats(enc.lengths, d.max_length)),
-                    accounting_of(splits, counts), tasks=enc.tasks)
+    train = TrainSet(enc.features, length_stats(enc.lengths, d.max_length), enc.files, enc.rows)
+    return Prepared(splits, tokenizer, arch, train, accounting_of(splits, counts), tasks=enc.tasks)
 
 
 def _meta(prep: Prepared) -> dict:
@@ -114,7 +114,7 @@ def _build_into_cache(recipe: Recipe, arch: str, tokenizer, root: str, key: str,
         if not len(prep.train):  # nothing fits: the caller reports it, and there is nothing worth keeping
             prep.train = TrainSet(prep.train.dataset.flatten_indices(keep_in_memory=True), prep.train.length_stats)
             return prep
-        cache.store(root, key, prep.train.dataset, _meta(prep), prep.tokenizer if built_tokenizer else None)
+        cache.store(root, key, prep.train, _meta(prep), prep.tokenizer if built_tokenizer else None)
     # train from the stored, memory-mapped copy (as the other ranks do), not the build's scratch tables
     hit = cache.load(root, key)
     if hit is None:

@@ -166,6 +166,68 @@ def test_damaged_entry_is_rebuilt(tmp_path):
     assert prepare_data(r, "causal").cache == "hit"
 
 
+def test_cache_entry_holds_the_maps_files_and_rows_not_a_copy(tmp_path):
+    import numpy as np
+
+    from sft.data import cache
+    from sft.prepare import build, prepare_data
+
+    want = _rows(build(recipe_from_dict(_mixed_recipe(tmp_path), path="r.yaml"), "causal"))
+    entries = {}
+    for n in (1, 2):
+        d = _mixed_recipe(tmp_path, num_proc=n)
+        d["data"]["cache_dir"] = str(tmp_path / f"cache{n}")
+        r = recipe_from_dict(d, path="r.yaml")
+        prep = prepare_data(r, "causal")
+        assert prep.cache == "built" and _rows(prep) == want
+        folder = os.path.join(prep.cache_path, cache.TRAIN)
+        # one Arrow file per map worker, moved in as written, and the row of each training example
+        assert sorted(os.listdir(folder)) == [f"data-{i:05d}.arrow" for i in range(n)] + [cache.ROWS]
+        assert len(np.load(os.path.join(folder, cache.ROWS))) == len(want) > len(set(map(str, want)))  # copies
+        hit = prepare_data(r, "causal")
+        assert hit.cache == "hit" and _rows(hit) == want
+        assert sorted(os.listdir(folder)) == [f"data-{i:05d}.arrow" for i in range(n)] + [cache.ROWS]  # unwritten
+        entries[n] = (r, prep.cache_path, folder)
+    r, path, folder = entries[2]
+    rows = np.load(os.path.join(folder, cache.ROWS))
+    damages = [lambda: open(os.path.join(folder, cache.ROWS), "wb").write(b"\x93NUMPY"),
+               lambda: np.save(os.path.join(folder, cache.ROWS), rows[:-1]),
+               lambda: np.save(os.path.join(folder, cache.ROWS), rows + 10**6),
+               lambda: os.remove(os.path.join(folder, "data-00001.arrow")),
+               lambda: open(os.path.join(folder, "data-00000.arrow"), "r+b").truncate(100)]
+    for damage in damages:  # each is a miss, rebuilt in place, then a hit again
+        damage()
+        again = prepare_data(r, "causal")
+        assert again.cache == "built" and again.cache_path == path and _rows(again) == want
+        assert prepare_data(r, "causal").cache == "hit"
+    # an entry in the old layout (a flattened save_to_disk copy, format 1) is replaced, not misread
+    meta_file = os.path.join(path, cache.META)
+    meta = json.loads(open(meta_file).read())
+    import shutil
+
+    from datasets import Dataset
+
+    shutil.rmtree(folder)
+    Dataset.from_list(want).save_to_disk(folder)
+    json.dump({k: v for k, v in meta.items() if k not in ("train_files", "train_columns")} | {"format": 1},
+              open(meta_file, "w"))
+    assert cache.load(os.path.dirname(path), os.path.basename(path)) is None
+    rebuilt = prepare_data(r, "causal")
+    assert rebuilt.cache == "built" and _rows(rebuilt) == want
+    assert not [f for f in os.listdir(os.path.dirname(path)) if ".stale-" in f or ".tmp-" in f]
+
+
+def test_an_in_memory_training_set_is_stored_and_read_back(tmp_path):
+    from sft.data import cache
+    from sft.prepare import build
+
+    prep = build(recipe_from_dict(_mixed_recipe(tmp_path), path="r.yaml"), "causal")
+    assert not prep.train.files  # no work folder: the tokenised table is in memory
+    cache.store(str(tmp_path / "c"), "k", prep.train, {"train_examples": len(prep.train)})
+    train, meta, tok_dir = cache.load(str(tmp_path / "c"), "k")
+    assert [train[i] for i in range(len(train))] == _rows(prep) and tok_dir is None and train.cache_files
+
+
 def test_sft_data_prepare_builds_then_hits(tmp_path, capsys):
     from sft.cli import main
 
@@ -386,10 +448,13 @@ def test_a_source_read_in_pieces_splits_exactly_as_read_whole(tmp_path, monkeypa
     assert pieces.per_source == whole.per_source
     # weighted copies are one object, as in the list algorithm
     assert len({id(x) for x in pieces.train}) < len(pieces.train)
-    # with a work folder the records are an Arrow file, memory-mapped, not Python objects
+    # with a work folder the records are an Arrow file, read back a batch at a time, not Python objects
     corpus = split_corpus(data, workdir=str(tmp_path))
-    assert os.path.getsize(tmp_path / "records.arrow") > 0 and corpus.store.table().cache_files
+    assert os.path.getsize(tmp_path / "records.arrow") > 0 and corpus.store.reader().path
     assert corpus.store.records(corpus.train) == pieces.train
+    assert len(corpus.store.reader().starts) > 2  # several record batches
+    with pytest.raises(RuntimeError):
+        corpus.store.add([{"instruction": "late", "output": "row"}], "a")
 
 
 def test_hub_source_is_read_a_batch_at_a_time(monkeypatch):

@@ -103,11 +103,11 @@ def test_two_processes_match_one_process(tmp_path):
     assert two.stdout.count("training data tokenised and cached") == 1, two.stdout[-3000:]
     assert "[sft] rank 0: training data tokenised and cached" in two.stdout
     assert "[sft] rank 1: training data read from the cache" in two.stdout
-    from datasets import load_from_disk
+    from sft.data import cache
 
     (entry_one,), (entry_two,) = (os.listdir(tmp_path / f"cache-{n}") for n in ("one", "two"))
     assert entry_one == entry_two
-    d1, d2 = (load_from_disk(str(tmp_path / f"cache-{n}" / entry_one / "train")) for n in ("one", "two"))
+    d1, d2 = (cache.load(str(tmp_path / f"cache-{n}"), entry_one)[0] for n in ("one", "two"))
     assert d1.to_list() == d2.to_list() and len(d1) > 100
     summary = json.loads((tmp_path / "two" / "train_summary.json").read_text())
     assert summary["world_size"] == 2

@@ -27,12 +27,12 @@ def feature_schema():
 
 
 class Encoder:
-    """The batched map function: JSON records -> feature columns plus each row's drop reason and edit.
-    Picklable for worker processes (the template is built lazily in each one)."""
+    """The batched map function: JSON records (a `record` column, or a `position` column read from `records`,
+    a RecordReader) -> feature columns plus each row's drop reason and edit. Picklable for worker processes (the template is built lazily in each one)."""
 
     def __init__(self, tokenizer, template_spec: str, *, arch: str, max_length: int, overlong: str,
-                 system: str | None):
-        self.tokenizer, self.template_spec = tokenizer, template_spec
+                 system: str | None, records=None):
+        self.tokenizer, self.template_spec, self.records = tokenizer, template_spec, records
         self.kw = dict(arch=arch, max_length=max_length, overlong=overlong, system=system)
         self._template = None
 
@@ -42,7 +42,8 @@ class Encoder:
     def __call__(self, batch: dict) -> dict:
         if self._template is None:
             self._template = get_template(self.template_spec, self.tokenizer)
-        records = [json.loads(r) for r in batch["record"]]
+        texts = batch["record"] if self.records is None else self.records.read(batch["position"])
+        records = [json.loads(r) for r in texts]
         return self.columns(records, encode_rows(records, self.tokenizer, self._template, **self.kw))
 
     @staticmethod
@@ -59,13 +60,20 @@ class Encoder:
         return cols
 
 
+COLUMNS = ["input_ids", "labels", "task", "source"]
+
+
 @dataclass
 class TrainSet:
     """Tokenised training examples: `dataset` has input_ids, labels, task and source, one row per example as
-    trained (weighted copies included); `length_stats` describe the token lengths before trimming."""
+    trained (weighted copies included); `length_stats` describe the token lengths before trimming. When the
+    tokenised table is a file, `files` (the table's Arrow files, in order) and `rows` (its row per example)
+    describe `dataset` without reading it: the cache stores those, not a flattened copy."""
 
     dataset: object
     length_stats: dict
+    files: tuple = ()
+    rows: object = None
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -74,41 +82,48 @@ class TrainSet:
 @dataclass
 class Tokenised:
     """`encode_dataset`'s result: the features of the examples kept, in training order; their positions in the
-    records table; the token lengths before trimming; training examples per task (copies included)."""
+    records table; the token lengths before trimming; training examples per task (copies included); the
+    tokenised table's files (empty when it is in memory) and each kept example's row in it."""
 
     features: object
     kept: list[int]
     lengths: list[int]
     tasks: dict
+    files: tuple = ()
+    rows: object = None
 
 
 def encode_dataset(records, positions: list[int], tokenizer, template_spec: str, *, arch: str, max_length: int,
                    overlong: str = "drop", system: str | None = None, num_proc: int = 1, report: DropReport,
                    workdir: str | None = None) -> Tokenised:
-    """Tokenise the examples at `positions` of `records` (a Dataset with a JSON `record` column; a position
-    repeats for each weighted copy) on Arrow, each distinct example once. With `workdir`, the tokenised table
-    is a file there (memory-mapped) instead of memory."""
+    """Tokenise the examples at `positions` of `records` (a RecordReader; a position repeats for each weighted
+    copy) on Arrow, each distinct example once. With `workdir`, the tokenised table is a file there
+    (memory-mapped) instead of memory."""
     import os
     from collections import Counter
 
     import numpy as np
+    from datasets import Dataset
 
     pos = np.asarray(positions, dtype=np.int64)
     unique = np.unique(pos)
     slot = np.searchsorted(unique, pos).tolist()  # each training position's row in the tokenised table
-    table = records.select(unique)
-    encoder = Encoder(tokenizer, template_spec, arch=arch, max_length=max_length, overlong=overlong, system=system)
+    table = Dataset.from_dict({"position": unique})  # the map reads each batch's records itself (RecordReader)
+    encoder = Encoder(tokenizer, template_spec, arch=arch, max_length=max_length, overlong=overlong, system=system,
+                      records=records)
     # a fingerprint of our own: datasets would otherwise hash the tokenizer object to name the result
     fp = hashlib.sha256(json.dumps([len(unique), template_spec, arch, max_length, overlong, system]).encode())
     out = table.map(encoder, batched=True, batch_size=BATCH, num_proc=num_proc if num_proc > 1 else None,
-                    remove_columns=["record"], features=feature_schema(), new_fingerprint=fp.hexdigest()[:16],
+                    remove_columns=["position"], features=feature_schema(), new_fingerprint=fp.hexdigest()[:16],
                     desc="tokenising",
                     cache_file_name=os.path.join(workdir, "encoded.arrow") if workdir else None)
     drop, edit, length, task = (out.data.column(c).to_pylist() for c in ("drop", "edit", "length", "task"))
     source = out.data.column("source")
     outcomes = ((drop[u], edit[u], length[u] if length[u] >= 0 else None) for u in slot)
     keep, lengths = tally(slot, outcomes, report, lambda i: source[slot[i]].as_py())
-    rows = [slot[i] for i in keep]
-    tasks = dict(Counter(task[u] for u in rows).most_common())
-    features = out.select(rows).select_columns(["input_ids", "labels", "task", "source"])
-    return Tokenised(features, [positions[i] for i in keep], lengths, tasks)
+    rows = np.asarray([slot[i] for i in keep], dtype=np.int64)
+    tasks = dict(Counter(task[u] for u in rows.tolist()).most_common())
+    # an index over the tokenised table, not a copy: flattening would read all of it (its pages count in RSS)
+    features = out.select(rows, keep_in_memory=True).select_columns(COLUMNS)
+    files = tuple(f["filename"] for f in out.cache_files) if workdir else ()
+    return Tokenised(features, [positions[i] for i in keep], lengths, tasks, files, rows)

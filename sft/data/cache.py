@@ -1,7 +1,7 @@
 """The tokenised data cache: one folder per key, written whole then renamed into place.
 
-An entry holds the tokenised training set (Arrow, memory-mapped on load), the eval/test records, the drop
-report, the per-source accounting and, for tokenizers built from the data, the tokenizer. Its key covers
+An entry holds the tokenised training set (the tokenising map's own Arrow files, memory-mapped on load, and
+each training example's row in them), the eval/test records, the drop report, the per-source accounting and, for tokenizers built from the data, the tokenizer. Its key covers
 the data section of the recipe, each source's content hash, the tokenizer, the template, the sft version
 and the source code of the data pipeline, so any change to one of them is a miss.
 """
@@ -14,9 +14,10 @@ import json
 import os
 import uuid
 
-FORMAT = 1
+FORMAT = 2  # 1: a flattened `save_to_disk` copy of the training set
 META = "meta.json"
 TRAIN = "train"
+ROWS = "rows.npy"
 TOKENIZER = "tokenizer"
 
 
@@ -70,9 +71,23 @@ def entry_path(root: str, key: str) -> str:
     return os.path.join(root, key)
 
 
+def open_train(folder: str, files: list[str], columns: list[str]):
+    """The training set of an entry: its Arrow files memory-mapped, indexed by the stored rows (nothing is
+    read through; the index lives in memory, so loading writes nothing into the entry)."""
+    import numpy as np
+    from datasets import Dataset, concatenate_datasets
+
+    parts = [Dataset.from_file(os.path.join(folder, f)) for f in files]
+    table = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+    rows = np.load(os.path.join(folder, ROWS))
+    if len(rows) and (rows.min() < 0 or rows.max() >= len(table)):
+        raise ValueError(f"row index out of range in {folder}")
+    return table.select(rows, keep_in_memory=True).select_columns(columns)
+
+
 def load(root: str, key: str):
     """(train dataset, meta, tokenizer dir or None), or None on a miss or an unreadable entry."""
-    from datasets import load_from_disk
+    import pyarrow as pa
 
     path = entry_path(root, key)
     try:
@@ -80,9 +95,11 @@ def load(root: str, key: str):
             meta = json.load(fh)
         if meta.get("format") != FORMAT or meta.get("key") != key:
             return None
-        train = load_from_disk(os.path.join(path, TRAIN))
-    except (OSError, ValueError, IndexError):  # missing, damaged or empty: a miss (store replaces it)
-        return None
+        train = open_train(os.path.join(path, TRAIN), meta["train_files"], meta["train_columns"])
+        if len(train) != meta["train_examples"]:
+            return None
+    except (OSError, ValueError, IndexError, KeyError, TypeError, pa.ArrowException):
+        return None  # missing, damaged or empty: a miss (store replaces it)
     tok_dir = os.path.join(path, TOKENIZER)
     return train, meta, tok_dir if os.path.isdir(tok_dir) else None
 
@@ -103,18 +120,35 @@ def workdir(root: str):
 
 def store(root: str, key: str, train, meta: dict, tokenizer=None) -> str:
     """Write the entry into a private temporary folder, then rename it into place (atomic: a reader sees all
-    of it or none). If another process stored the same key first, this copy (ours) is removed."""
+    of it or none). If another process stored the same key first, this copy (ours) is removed.
+
+    `train` is a TrainSet whose tokenised table is files (a build's scratch files, which are moved in) plus
+    its rows; one held in memory is written as a single Arrow file."""
     import shutil
+
+    import numpy as np
 
     os.makedirs(root, exist_ok=True)
     final = entry_path(root, key)
     tmp = f"{final}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        train.save_to_disk(os.path.join(tmp, TRAIN))
+        folder = os.path.join(tmp, TRAIN)
+        os.makedirs(folder)
+        if train.files:
+            names = [f"data-{i:05d}.arrow" for i in range(len(train.files))]
+            for src, name in zip(train.files, names):
+                os.replace(src, os.path.join(folder, name))  # same file system: the scratch folder is in root
+            rows = np.asarray(train.rows, dtype=np.int64)
+        else:
+            names = ["data-00000.arrow"]
+            train.dataset.flatten_indices(cache_file_name=os.path.join(folder, names[0]))
+            rows = np.arange(len(train.dataset), dtype=np.int64)
+        np.save(os.path.join(folder, ROWS), rows)
         if tokenizer is not None:
             tokenizer.save_pretrained(os.path.join(tmp, TOKENIZER))
         with open(os.path.join(tmp, META), "w", encoding="utf-8") as fh:
-            json.dump({**meta, "format": FORMAT, "key": key}, fh, ensure_ascii=False)
+            json.dump({**meta, "format": FORMAT, "key": key, "train_files": names,
+                       "train_columns": list(train.dataset.column_names)}, fh, ensure_ascii=False)
         if os.path.isdir(final) and load(root, key) is None:
             # an entry sft wrote that no longer reads (damaged, or an older format): set it aside, then replace
             stale = f"{final}.stale-{os.getpid()}-{uuid.uuid4().hex[:8]}"

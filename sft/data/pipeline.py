@@ -215,10 +215,50 @@ def allocate(wanted: list[int], cap: int | None) -> list[int]:
     return [min(o, w) for o, w in zip(out, wanted)]
 
 
+class RecordReader:
+    """Reads a `RecordStore`'s JSON strings at sorted positions, one record batch at a time. The file is read
+    with plain reads, not memory-mapped: mapped pages stay in the process's RSS once touched, and the
+    tokenising stage touches every record. Picklable for num_proc workers (each opens the file itself)."""
+
+    def __init__(self, path: str | None, starts: list[int], batches: list | None = None):
+        self.path, self.starts, self.batches = path, starts, batches
+        self._reader = None
+        self._cached: tuple = (None, None)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_reader": None, "_cached": (None, None)}
+
+    def _column(self, b: int):
+        if self._cached[0] != b:  # the map asks for consecutive positions: one batch serves many calls
+            if self.batches is not None:
+                column = self.batches[b].column(0)
+            else:
+                if self._reader is None:
+                    import pyarrow as pa
+
+                    self._reader = pa.ipc.open_file(pa.OSFile(self.path))
+                column = self._reader.get_batch(b).column(0)
+            self._cached = (b, column)
+        return self._cached[1]
+
+    def read(self, positions) -> list[str]:
+        """The JSON strings at `positions` (ascending), in that order."""
+        import numpy as np
+        import pyarrow as pa
+
+        pos = np.asarray(positions, dtype=np.int64)
+        which = np.searchsorted(np.asarray(self.starts, dtype=np.int64), pos, side="right") - 1
+        out: list[str] = []
+        for b in np.unique(which).tolist():
+            out.extend(self._column(b).take(pa.array(pos[which == b] - self.starts[b])).to_pylist())
+        return out
+
+
 class RecordStore:
     """Every cleaned example as one JSON string, appended a piece at a time: to an Arrow file in `workdir`
-    (memory-mapped when read) or to memory. Beside each, what splitting and mixing work on: its source and its
-    prompt's digest. So a million examples are never a million Python dicts at once."""
+    (read back a record batch at a time, see RecordReader) or to memory. Beside each, what splitting and
+    mixing work on: its source and its prompt's digest. So a million examples are never a million Python dicts
+    at once, nor a million records' pages in RSS."""
 
     def __init__(self, seed: int, workdir: str | None = None):
         from array import array
@@ -228,7 +268,8 @@ class RecordStore:
         self._source, self._hash, self._tie = array("H"), array("Q"), array("Q")
         self._path = os.path.join(workdir, "records.arrow") if workdir else None
         self._batches: list = []
-        self._sink = self._writer = self._table = self._arrays = None
+        self._starts: list[int] = []  # each record batch's first position
+        self._sink = self._writer = self._reader = self._arrays = None
 
     def __len__(self) -> int:
         return len(self._source)
@@ -236,10 +277,13 @@ class RecordStore:
     def add(self, records: list[dict], name: str) -> None:
         import pyarrow as pa
 
-        if self._table is not None:
-            raise RuntimeError("RecordStore.add after table(): the records are already read")
+        if self._reader is not None:
+            raise RuntimeError("RecordStore.add after reader(): the records are already read")
         if name not in self.names:
             self.names.append(name)
+        if not records:
+            return
+        self._starts.append(len(self))
         self._source.extend([self.names.index(name)] * len(records))
         for r in records:
             h, t = prompt_digest(prompt_key(r), self.seed)
@@ -264,7 +308,7 @@ class RecordStore:
 
         if self._writer is None:
             self._sink = pa.OSFile(self._path, "wb")
-            self._writer = pa.ipc.new_stream(self._sink, self.schema())
+            self._writer = pa.ipc.new_file(self._sink, self.schema())  # the file format: batches by index
         return self._writer
 
     def arrays(self):
@@ -277,24 +321,21 @@ class RecordStore:
                                  ((self._source, np.uint16), (self._hash, np.uint64), (self._tie, np.uint64)))
         return self._arrays
 
-    def table(self):
-        """The records as a `datasets.Dataset` with one column, `record` (JSON); no more can be added."""
-        if self._table is None:
-            import pyarrow as pa
-            from datasets import Dataset
-
+    def reader(self) -> RecordReader:
+        """A reader of the records; no more can be added."""
+        if self._reader is None:
             if self._path is None:
-                self._table = Dataset(pa.Table.from_batches(self._batches, schema=self.schema()))
+                self._reader = RecordReader(None, self._starts, self._batches)
             else:
                 self._open_file().close()
                 self._sink.close()
-                self._table = Dataset.from_file(self._path)
-        return self._table
+                self._reader = RecordReader(self._path, self._starts)
+        return self._reader
 
     def records(self, positions: list[int]) -> list[dict]:
         """The examples at `positions`, in that order; a position repeated is the same object each time."""
         unique = sorted(set(positions))
-        loaded = dict(zip(unique, map(json.loads, self.table()[unique]["record"]))) if unique else {}
+        loaded = dict(zip(unique, map(json.loads, self.reader().read(unique))))
         return [loaded[i] for i in positions]
 
     def source_name(self, position: int) -> str:
