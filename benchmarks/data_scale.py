@@ -318,8 +318,8 @@ def write(res: dict, args) -> None:
 
     raw = tps(res["raw"])
     rows = [
-        (f"raw batched tokenisation (the limit: {res['raw']['call']})", res["raw"], f"{res['rows']:,}",
-         f"rate from the first {res['raw']['examples']:,} rows; " +
+        (f"raw batched tokenisation (the limit: {res['raw']['call']})", res["raw"],
+         f"rate from {res['raw']['examples']:,}", "the first rows of the same corpus; " +
          ", ".join(f"{k} {v:.1f} s" for k, v in res["raw"]["walls"].items())),
         ("`sft data --prepare`, num_proc 1", res["prepare_1"], f"{res['rows']:,}", f"{tps(res['prepare_1']) / raw:.0%}"),
         ("`sft data --prepare`, num_proc 2", res["prepare_2"], f"{res['rows']:,}", f"{tps(res['prepare_2']) / raw:.0%}"),
@@ -340,9 +340,9 @@ def write(res: dict, args) -> None:
     s1, sn = res["stream_1x"], res["stream_nx"]
     for name, r, n in (("streaming, 100k examples read", s1, res["rows"]), ("streaming, 100k examples read", sn,
                                                                             res["stream_rows"])):
-        at = ", ".join(f"{k}: {v:,.0f}" for k, v in r["rss_at"].items())
+        at = ", ".join(f"{int(k):,}: {v:,.0f}" for k, v in r["rss_at"].items())
         lines.append(f"| {name} | {n:,} | {r['wall_s']:.1f} | {tps(r):,.0f} | {r['peak_rss_mb']:,.0f} | - | "
-                     f"RSS after {at} examples |")
+                     f"RSS after {at} examples read |")
     growth = sn["peak_rss_mb"] / s1["peak_rss_mb"] - 1
     goals = [
         f"prepare at >= 80 % of raw tokens/s: num_proc 1 {tps(res['prepare_1']) / raw:.0%}, num_proc 2 "
