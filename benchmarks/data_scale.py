@@ -1,10 +1,10 @@
 """Data at scale: 1M Alpaca-length rows as Parquet shards through `sft data --prepare`, the cache and streaming.
 
-    HF_HUB_OFFLINE=1 python benchmarks/data_scale.py [--rows 1000000] [--list-rows 100000] [--stream-rows 4000000]
+    HF_HUB_OFFLINE=1 python benchmarks/data_scale.py [--rows 1000000] [--list-rows 100000] [--stream-copies 4]
 
-Measured in one run, each configuration in its own process (so each peak is its own; with num_proc > 1 the
-workers' memory is summed with the parent's at each 0.1 s sample, see TreePeak). Times exclude the imports (about 5 s per process), which every
-start pays alike:
+Measured in one run, each configuration in its own process (so each peak is its own; with num_proc > 1
+the workers' memory is summed with the parent's at each 0.1 s sample, see TreePeak). Times exclude the
+imports (about 5 s per process), which every start pays alike:
   raw          batched tokenisation of the same rendered texts, one process (the limit; its rate is taken on the
                first --raw-rows rows)
   prepare-1/2  `sft data --prepare` (load, convert, clean, split, render, tokenise, write the cache), num_proc 1 / 2;

@@ -28,7 +28,8 @@ def feature_schema():
 
 class Encoder:
     """The batched map function: JSON records (a `record` column, or a `position` column read from `records`,
-    a RecordReader) -> feature columns plus each row's drop reason and edit. Picklable for worker processes (the template is built lazily in each one)."""
+    a RecordReader) -> feature columns plus each row's drop reason and edit. Picklable for worker processes
+    (the template is built lazily in each one)."""
 
     def __init__(self, tokenizer, template_spec: str, *, arch: str, max_length: int, overlong: str,
                  system: str | None, records=None):

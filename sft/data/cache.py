@@ -1,9 +1,10 @@
 """The tokenised data cache: one folder per key, written whole then renamed into place.
 
 An entry holds the tokenised training set (the tokenising map's own Arrow files, memory-mapped on load, and
-each training example's row in them), the eval/test records, the drop report, the per-source accounting and, for tokenizers built from the data, the tokenizer. Its key covers
-the data section of the recipe, each source's content hash, the tokenizer, the template, the sft version
-and the source code of the data pipeline, so any change to one of them is a miss.
+each training example's row in them), the eval/test records, the drop report, the per-source accounting
+and, for tokenizers built from the data, the tokenizer. Its key covers the data section of the recipe, each
+source's content hash, the tokenizer, the template, the sft version and the source code of the data
+pipeline, so any change to one of them is a miss.
 """
 
 from __future__ import annotations

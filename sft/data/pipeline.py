@@ -221,7 +221,9 @@ class RecordReader:
     tokenising stage touches every record. Picklable for num_proc workers (each opens the file itself)."""
 
     def __init__(self, path: str | None, starts: list[int], batches: list | None = None):
-        self.path, self.starts, self.batches = path, starts, batches
+        import numpy as np
+
+        self.path, self.starts, self.batches = path, np.asarray(starts, dtype=np.int64), batches
         self._reader = None
         self._cached: tuple = (None, None)
 
@@ -247,7 +249,7 @@ class RecordReader:
         import pyarrow as pa
 
         pos = np.asarray(positions, dtype=np.int64)
-        which = np.searchsorted(np.asarray(self.starts, dtype=np.int64), pos, side="right") - 1
+        which = np.searchsorted(self.starts, pos, side="right") - 1
         out: list[str] = []
         for b in np.unique(which).tolist():
             out.extend(self._column(b).take(pa.array(pos[which == b] - self.starts[b])).to_pylist())
