@@ -40,11 +40,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SHARD_ROWS = 50_000
 
 
+def proc_kb(path: str, field: str) -> float:
+    """One field of a /proc status-like file (`VmHWM:`, `VmRSS:`, `Pss_Anon:`), kB; 0 once the process is gone."""
+    try:
+        with open(path) as fh:
+            return next(int(x.split()[1]) for x in fh if x.startswith(field))
+    except (OSError, StopIteration):
+        return 0.0
+
+
 def own_peak_rss_mb() -> float:
     """This process's RSS high-water mark (VmHWM), MiB. (getrusage's RUSAGE_CHILDREN is not added: a child
     forked and exec'd reports the parent's pages it held at the fork as its own peak, counting them twice.)"""
-    with open("/proc/self/status") as fh:
-        return next(int(x.split()[1]) for x in fh if x.startswith("VmHWM:")) / 1024
+    return proc_kb("/proc/self/status", "VmHWM:") / 1024
 
 
 class TreePeak:
@@ -71,31 +79,19 @@ class TreePeak:
         self._thread.join()
         self.rss = max(self.rss, own_peak_rss_mb())
 
-    @staticmethod
-    def _kb(path: str, field: str) -> float:
-        try:
-            with open(path) as fh:
-                return next(int(x.split()[1]) for x in fh if x.startswith(field))
-        except (OSError, StopIteration):
-            return 0.0
-
     def _run(self, every_s: float) -> None:
         import psutil  # accelerate's dependency
 
         me = psutil.Process()
         while not self._stop.is_set():
             pids = [me.pid] + [c.pid for c in me.children(recursive=True)]
-            self.private = max(self.private, sum(self._kb(f"/proc/{p}/smaps_rollup", "Pss_Anon:") for p in pids) / 1024)
-            self.rss = max(self.rss, sum(self._kb(f"/proc/{p}/status", "VmRSS:") for p in pids) / 1024)
+            self.private = max(self.private, sum(proc_kb(f"/proc/{p}/smaps_rollup", "Pss_Anon:") for p in pids) / 1024)
+            self.rss = max(self.rss, sum(proc_kb(f"/proc/{p}/status", "VmRSS:") for p in pids) / 1024)
             self._stop.wait(every_s)
 
 
 def current_rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    return proc_kb("/proc/self/status", "VmRSS:") / 1024
 
 
 # ---- corpus -------------------------------------------------------------------------------------

@@ -132,7 +132,8 @@ def prepare_streaming(recipe: Recipe, arch: str, tokenizer=None) -> Prepared:
     corpus = open_corpus(recipe.data, recipe.path)
     if tokenizer is None:
         tokenizer = get_tokenizer(recipe, corpus.tokenizer_sample() if builds_tokenizer(recipe) else None, arch)
-    return Prepared(corpus.splits(), tokenizer, arch, TrainSet(corpus.tokenised(tokenizer, arch), {}), {}, cache="streaming")
+    return Prepared(corpus.splits(), tokenizer, arch, TrainSet(corpus.tokenised(tokenizer, arch), {}), {},
+                    cache="streaming")
 
 
 def prepare_data(recipe: Recipe, arch: str, *, tokenizer=None) -> Prepared:

@@ -281,8 +281,9 @@ def data_fingerprint(recipe, tokenizer, splits) -> dict:
     from .data.pipeline import record_id
 
     d = recipe.data
-    return {**sources_fingerprint(d), "template": template_digest(d.template), "tokenizer": tokenizer_digest(tokenizer),
-            "eval_ids": [record_id(r) for r in splits.eval], "test_ids": [record_id(r) for r in splits.test]}
+    return {**sources_fingerprint(d), "template": template_digest(d.template),
+            "tokenizer": tokenizer_digest(tokenizer), "eval_ids": [record_id(r) for r in splits.eval],
+            "test_ids": [record_id(r) for r in splits.test]}
 
 
 def data_changes(saved: dict, now: dict) -> list[str]:

@@ -126,5 +126,5 @@ def encode_dataset(records, positions: list[int], tokenizer, template_spec: str,
     tasks = dict(Counter(task[u] for u in rows.tolist()).most_common())
     # an index over the tokenised table, not a copy: flattening would read all of it (its pages count in RSS)
     features = out.select(rows, keep_in_memory=True).select_columns(COLUMNS)
-    files = tuple(f["filename"] for f in out.cache_files) if workdir else ()
+    files = tuple(f["filename"] for f in out.cache_files)  # none when the table is in memory
     return Tokenised(features, [positions[i] for i in keep], lengths, tasks, files, rows)

@@ -44,7 +44,7 @@ def key_parts(recipe, arch: str, tokenizer, *, version: str, code: str) -> dict:
     import dataclasses
 
     from ..recipe import PREPARATION_ONLY
-    from ..rundir import file_digest, source_fingerprint, template_digest, tokenizer_digest
+    from ..rundir import file_digest, sources_fingerprint, template_digest, tokenizer_digest
 
     d = recipe.data
     data = dataclasses.asdict(d)
@@ -58,8 +58,7 @@ def key_parts(recipe, arch: str, tokenizer, *, version: str, code: str) -> dict:
                "eos": tokenizer.eos_token_id}
     chat = d.chat_template_path
     return {"format": FORMAT, "sft": version, "code": code, "arch": arch, "data": data,
-            "sources": [source_fingerprint(s) for s in d.sources],
-            "eval_sources": [source_fingerprint(s) for s in d.eval_sources],
+            **sources_fingerprint(d),  # d.streaming is false here: the cache serves prepared data only
             "template": template_digest(d.template),
             "chat_template": file_digest(chat) if chat and os.path.isfile(chat) else chat, "tokenizer": tok}
 
