@@ -164,8 +164,9 @@ class TrainConfig:
     packing_strategy: Literal["bfd", "bfd_split", "wrapped"] = _f(
         "bfd", help="With packing: bfd (best-fit decreasing, whole examples, padding-free), bfd_split (splits "
         "overlong ones) or wrapped (concatenate and cut; examples can attend across boundaries).")
-    padding_free: bool = _f(False, help="Flatten each batch into one sequence with per-example positions instead of "
-                            "padding (causal models; always on with bfd packing).")
+    padding_free: bool = _f(False, help="Per-example positions and no padding mask (causal models; always on with "
+                            "bfd packing): flash attention reads the batch flattened into one sequence; sdpa, eager "
+                            "and every CPU keep one row per packed sequence, masked block-diagonally.")
     use_liger_kernel: bool = _f(False, help="Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear "
                                 "cross-entropy): needs a CUDA GPU, liger-kernel, and a model family Liger patches.")
     torch_compile: bool = _f(False, help="torch.compile the model (first steps are slower while it compiles).")

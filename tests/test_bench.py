@@ -21,18 +21,19 @@ def test_bench_table_plots_and_check(tmp_path):
     for png in ("loss_curves.png", "metrics.png"):
         assert (out / png).stat().st_size > 10000
     assert "<table" in (out / "report.html").read_text()
-    ref = tmp_path / "reference.md"
-    ref.write_text(table)
-    res = run_cli("bench", str(tmp_path / "bench.yaml"), "--out", str(tmp_path / "again"), "--check", str(ref))
-    assert res.returncode == 0 and "check passed" in res.stdout, res.stderr[-3000:]
+    # one rerun checks against the table with one cell changed: only that cell fails, so every other cell
+    # reproduced within its tolerance (the passing path runs in CI, on benchmarks/cpu-suite.yaml)
     lines = table.splitlines()
     i = next(k for k, l in enumerate(lines) if l.startswith("| gpt2-lora"))
     cells = lines[i].split("|")
     cells[8] = " 1.0000 "  # perplexity column
     lines[i] = "|".join(cells)
+    ref = tmp_path / "reference.md"
     ref.write_text("\n".join(lines))
-    res = run_cli("bench", str(tmp_path / "bench.yaml"), "--out", str(tmp_path / "third"), "--check", str(ref))
+    res = run_cli("bench", str(tmp_path / "bench.yaml"), "--out", str(tmp_path / "again"), "--check", str(ref))
     assert res.returncode == 1
+    problems = [ln for ln in res.stderr.splitlines() if ln.strip().startswith("gpt2-")]
+    assert len(problems) == 1, res.stderr[-3000:]
     assert "gpt2-lora: Perplexity" in res.stderr and "vs reference 1.0" in res.stderr and "±2% relative" in res.stderr
 
 

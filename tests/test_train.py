@@ -48,7 +48,7 @@ def _run_train(recipe_path, *extra, env=None):
 
 
 def _resume_recipe(tmp_path, out):
-    r = tiny_recipe("gpt2", out, steps=60, train__save_steps=10, train__save_total_limit=10, train__eval_steps=10,
+    r = tiny_recipe("gpt2", out, steps=40, train__save_steps=10, train__save_total_limit=10, train__eval_steps=10,
                     train__load_best_model_at_end=True)
     r["eval"] = {"before": False, "after": True, "metrics": ["perplexity", "exact_match", "rouge"],
                  "max_samples": 16, "generation": {"max_new_tokens": 8}}
@@ -60,9 +60,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     ref = _run_train(_resume_recipe(tmp_path, ref_out))
     proc = _run_train(_resume_recipe(tmp_path, out))
     deadline = time.time() + 300
-    while not (out / "checkpoint-30").exists() and time.time() < deadline and proc.poll() is None:
+    while not (out / "checkpoint-20").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    assert (out / "checkpoint-30").exists(), proc.communicate()[0][-3000:]
+    assert (out / "checkpoint-20").exists(), proc.communicate()[0][-3000:]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "metrics.json").exists()
@@ -76,7 +76,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     assert losses(out)[-1] == pytest.approx(losses(ref_out)[-1], rel=1e-4)
     best_a, best_b = a["train"]["best"], b["train"]["best"]  # the best-so-far state survives the kill
     assert best_a["step"] == best_b["step"] and best_b["value"] == pytest.approx(best_a["value"], rel=1e-4)
-    assert a["train"]["evaluations"] == b["train"]["evaluations"] == 6
+    assert a["train"]["evaluations"] == b["train"]["evaluations"] == 4
     leftovers = [f for f in os.listdir(out) if f.endswith(".tmp")]
     assert not leftovers
 
@@ -267,13 +267,13 @@ def test_resume_skips_checkpoint_cut_off_while_saving(tmp_path):
     path = _resume_recipe(tmp_path, out)
     res = run_cli("train", path)
     assert res.returncode == 0, res.stderr[-2000:]
-    shutil.rmtree(out / "checkpoint-60")
-    (out / "checkpoint-60").mkdir()
-    shutil.copy(out / "checkpoint-50" / "model.safetensors", out / "checkpoint-60")  # weights, no state
+    shutil.rmtree(out / "checkpoint-40")
+    (out / "checkpoint-40").mkdir()
+    shutil.copy(out / "checkpoint-30" / "model.safetensors", out / "checkpoint-40")  # weights, no state
     (out / "metrics.json").unlink()
     res = run_cli("train", path, "--resume")
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "skipping incomplete checkpoint-60" in res.stdout and (out / "metrics.json").exists()
+    assert "skipping incomplete checkpoint-40" in res.stdout and (out / "metrics.json").exists()
 
 
 def test_accelerate_launch_cpu_config_runs_two_processes(tmp_path):
