@@ -12,7 +12,9 @@ from .errors import RecipeError
 from .precision import Precision
 
 ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
-_FLASH_PACKAGE = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
+# flash kernels and the package each needs; they alone read a flattened padding-free batch as variable-length
+# sequences (cu_seqlens), so the trainer packs per row for every other attention
+FLASH_PACKAGE = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
 
 
 def _installed(module: str) -> bool:
@@ -38,12 +40,12 @@ def check(recipe, *, arch: str, model_type: str | None, on_gpu: bool, precision:
             raise RecipeError(f"unknown attention implementation {name!r}", file=file,
                               field="model.attn_implementation",
                               fix=f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(ATTENTION)}")
-        if name in _FLASH_PACKAGE:
+        if name in FLASH_PACKAGE:
             if not on_gpu:
                 raise RecipeError(f"{name} needs a CUDA GPU", file=file, field="model.attn_implementation",
                                   fix="use sdpa (or leave it unset) on CPU")
-            if not _installed(_FLASH_PACKAGE[name]):
-                raise RecipeError(f"{name} needs the {_FLASH_PACKAGE[name]} package, which is not installed",
+            if not _installed(FLASH_PACKAGE[name]):
+                raise RecipeError(f"{name} needs the {FLASH_PACKAGE[name]} package, which is not installed",
                                   file=file, field="model.attn_implementation",
                                   fix="pip install flash-attn --no-build-isolation, or use sdpa")
             if precision.mode == "no":

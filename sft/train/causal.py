@@ -11,10 +11,9 @@ from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from ..recipe import Recipe
+from ..switches import FLASH_PACKAGE
 from .callbacks import EvaluatingTrainer, NonFiniteLossGuard
 
-# attention kernels that read a flattened padding-free batch as variable-length sequences (cu_seqlens)
-VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
 REAL_TOKENS = "sft_real_tokens"
 
 
@@ -44,7 +43,7 @@ class RowPackedCollator(DataCollatorForLanguageModeling):
 def row_packed_collator(trainer) -> RowPackedCollator | None:
     """The per-row collator where TRL chose padding-free batches and the model's attention has no varlen kernel."""
     attention = getattr(trainer.model.config, "_attn_implementation", None) or "eager"
-    if not getattr(trainer, "padding_free", False) or attention in VARLEN_ATTENTION:
+    if not getattr(trainer, "padding_free", False) or attention in FLASH_PACKAGE:
         return None
     flat = trainer.data_collator
     return RowPackedCollator(pad_token_id=flat.pad_token_id, pad_to_multiple_of=flat.pad_to_multiple_of)
