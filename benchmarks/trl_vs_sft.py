@@ -32,7 +32,9 @@ def main():
     from sft.train.run import train
 
     tmp = tempfile.mkdtemp()
+    # unpacked, as plain TRL's prompt/completion batches below (the quickstart itself packs)
     overrides = [f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}", "train.report_to=none",
+                 "train.packing=false",
                  "eval.before=false", "eval.after=false", "train.save_steps=100000",
                  f"train.output_dir={tmp}/sft"]
     recipe = load_recipe(os.path.join(ROOT, "recipes", "quickstart.yaml"), overrides)
@@ -47,6 +49,7 @@ def main():
     model = load_model(recipe, tok, "causal")
     cfg = SFTConfig(output_dir=f"{tmp}/trl", max_steps=args.steps, per_device_train_batch_size=args.batch_size,
                     learning_rate=recipe.train.learning_rate, lr_scheduler_type="cosine", warmup_steps=20,
+                    optim=recipe.train.optim,
                     logging_steps=10, save_strategy="no", report_to="none", seed=recipe.train.seed,
                     max_length=recipe.data.max_length, use_cpu=True, disable_tqdm=True,
                     include_num_input_tokens_seen="non_padding")

@@ -151,7 +151,7 @@ def get_tokenizer(recipe: Recipe, train_records: list[dict] | None, arch: str):
         texts = ["".join(t for t, _ in render_training(tpl, r["messages"], recipe.data.system_prompt))
                  for r in train_records]
         tokenizer = build_tokenizer(kind, texts, vocab_size=m.tokenizer_vocab_size, arch=arch,
-                                    markers=getattr(tpl, "markers", ()))
+                                    markers=getattr(tpl, "markers", ()), digits=m.tokenizer_digits)
     else:
         tokenizer = load_tokenizer(kind, revision=m.revision if kind == m.name else None,
                                    trust_remote_code=m.trust_remote_code)

@@ -43,6 +43,9 @@ class ModelConfig:
         "from the training data (cached).")
     tokenizer_vocab_size: int = _f(2000, help="Vocabulary size of a tokenizer built with tokenizer: bpe.", min=260,
                                    max=1_000_000)
+    tokenizer_digits: int = _f(1, help="Digits per number token in a tokenizer built with tokenizer: bpe, grouped "
+                               "from the right by place value: 1 splits every digit (as Llama and Qwen), 2 gives "
+                               "12345 -> 1|23|45 (each number below 100 one token).", min=1, max=3)
     attn_implementation: str | None = _f(
         None, help="Attention kernel: sdpa, eager, flash_attention_2, flash_attention_3, flex_attention "
         "(default: transformers' choice, sdpa where the model supports it). Checked against this machine.")
@@ -474,6 +477,9 @@ def _validate_combinations(r: Recipe) -> None:
     if r.quantization.enabled and not r.lora.enabled:
         raise RecipeError("a quantised base cannot be trained in full", file=file, field="quantization.load_in_4bit",
                           fix="set lora.enabled: true (QLoRA) or turn quantisation off")
+    if r.model.tokenizer_digits != 1 and (r.model.tokenizer or r.model.name) != "bpe":
+        raise RecipeError("digit grouping applies only to a tokenizer built with tokenizer: bpe", file=file,
+                          field="model.tokenizer_digits", fix="set model.tokenizer: bpe, or remove tokenizer_digits")
     if r.data.chat_template_path and r.data.template != "tokenizer":
         raise RecipeError("data.chat_template_path is read only with template: tokenizer", file=file,
                           field="data.chat_template_path", fix="set data.template: tokenizer, or remove the path")

@@ -1,7 +1,11 @@
 """Tokenizers that need no download: a byte-level BPE trained on the recipe's own texts (cached), or
 plain bytes. The BPE splits numbers into single digits (as Llama and Qwen do) and CJK ideographs into
 single characters (as BERT does), so a tiny model learns arithmetic and number formats symbol by symbol
-instead of memorising one merged token per number. Otherwise a Hub id / directory loads through AutoTokenizer.
+instead of memorising one merged token per number. With `digits` above 1, numbers split instead into groups
+of up to that many digits aligned from the right, by place value (12345 -> 1|23|45 at 2, where left-aligned
+chunks would give 12|34|5). Each short number is then one token, which a tiny model copies and orders far more
+easily than digit pairs (the quickstart's sort: exact match 0-0.05 at 1, 0.22-0.30 at 2). Otherwise a Hub id /
+directory loads through AutoTokenizer.
 
 Special tokens follow T5's numbering (pad 0, eos 1, unk 2) so the same tokenizer serves a scratch
 GPT-2 (eos doubles as bos) and a scratch T5 (decoder start = pad).
@@ -27,7 +31,17 @@ def _special(arch: str) -> dict:
     return {"pad_token": "<pad>", "eos_token": eos, "unk_token": "<unk>"}
 
 
-def build_tokenizer(kind: str, texts: list[str], *, vocab_size: int, arch: str, markers: tuple[str, ...] = ()):
+def digit_splitter(digits: int):
+    """The pre-tokenizer that cuts numbers: single digits, or right-aligned groups of up to `digits` digits."""
+    from tokenizers import Regex, pre_tokenizers
+
+    if digits == 1:
+        return pre_tokenizers.Digits(individual_digits=True)
+    return pre_tokenizers.Split(Regex(rf"\d{{1,{digits}}}(?=(?:\d{{{digits}}})*(?!\d))"), behavior="isolated")
+
+
+def build_tokenizer(kind: str, texts: list[str], *, vocab_size: int, arch: str, markers: tuple[str, ...] = (),
+                    digits: int = 1):
     """Train (or load from cache) a byte-level BPE on `texts`; kind 'byte' keeps only the 256 bytes.
 
     `markers` are the template's control strings (e.g. ChatML's <|im_start|>, <|im_end|>): they become single
@@ -41,7 +55,8 @@ def build_tokenizer(kind: str, texts: list[str], *, vocab_size: int, arch: str, 
     specials += [m for m in dict.fromkeys(markers) if m not in specials]
     size = 256 + len(specials) if kind == "byte" else vocab_size
     digest = hashlib.sha256()
-    digest.update(json.dumps([kind, size, arch, 4, specials]).encode())
+    # (digits joins the key only where it is not the default, so tokenizers cached before it stay valid)
+    digest.update(json.dumps([kind, size, arch, 4, specials] + ([digits] if digits != 1 else [])).encode())
     for t in texts if kind != "byte" else ():  # the byte vocabulary does not depend on the data
         digest.update(t.encode("utf-8", "surrogatepass"))
         digest.update(b"\x00")
@@ -51,7 +66,7 @@ def build_tokenizer(kind: str, texts: list[str], *, vocab_size: int, arch: str, 
 
     tok = Tokenizer(models.BPE(unk_token=special["unk_token"]))
     cjk = Regex("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+    tok.pre_tokenizer = pre_tokenizers.Sequence([digit_splitter(digits),
                                                  pre_tokenizers.Split(cjk, behavior="isolated"),
                                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
     tok.decoder = decoders.ByteLevel()

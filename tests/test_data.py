@@ -3,6 +3,8 @@
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import FIXTURES, shared
 from sft.data import formats, synthetic
@@ -99,6 +101,52 @@ def test_built_tokenizer_keeps_template_markers_whole(tmp_path, monkeypatch):
     from transformers import AutoTokenizer
 
     assert AutoTokenizer.from_pretrained(tmp_path / "saved").encode(texts[0], add_special_tokens=False) == ids
+
+
+@given(st.lists(st.one_of(st.text("0123456789", min_size=1, max_size=9), st.sampled_from([" ", "a", ", ", "x+"])),
+                max_size=12), st.integers(1, 3))
+@settings(max_examples=200, deadline=None)
+def test_digit_groups_follow_place_value(parts, digits):
+    """Every run of digits is cut from the right into groups of `digits` (the first may be shorter), and
+    nothing else is touched: 12345 at 2 is 1|23|45, never 12|34|5."""
+    import re
+
+    from sft.tokenizer import digit_splitter
+
+    text = "".join(parts)
+    pieces = [p for p, _ in digit_splitter(digits).pre_tokenize_str(text)]
+    assert "".join(pieces) == text
+    runs, run = [], []
+    for p in pieces:  # digits only ever sit in digit pieces, so adjacent digit pieces make one run
+        if p.isdigit():
+            run.append(p)
+        elif run:
+            runs.append(run)
+            run = []
+    runs += [run] if run else []
+    for r in runs:
+        assert all(len(p) == digits for p in r[1:]) and 1 <= len(r[0]) <= digits
+    assert ["".join(r) for r in runs] == re.findall(r"\d+", text)
+
+
+def test_built_tokenizer_digit_groups(tmp_path, monkeypatch):
+    """tokenizer_digits: 2 makes each number below 100 one token (seen in training), 1 keeps single digits; both
+    decode losslessly and cache apart."""
+    from sft.tokenizer import build_tokenizer
+
+    monkeypatch.setenv("SFT_CACHE", str(tmp_path))
+    texts = [f"What is {a} plus {b}? {a + b}" for a in range(100) for b in range(0, 100, 9)]
+    one = build_tokenizer("bpe", texts, vocab_size=600, arch="causal")
+    two = build_tokenizer("bpe", texts, vocab_size=600, arch="causal", digits=2)
+    sample = "Sort 7, 42, 130 and 12345."
+    pieces = [two.decode([t]) for t in two.encode(sample, add_special_tokens=False)]
+    assert [p.strip() for p in pieces if p.strip().isdigit()] == ["7", "42", "1", "30", "1", "23", "45"]
+    assert [p for p in (one.decode([t]) for t in one.encode(sample, add_special_tokens=False)) if p.isdigit()] == \
+        list("7421301234" "5")
+    for tok in (one, two):
+        assert tok.decode(tok.encode(sample, add_special_tokens=False)) == sample
+    assert one.name_or_path != two.name_or_path  # separate cache entries
+    assert build_tokenizer("bpe", texts, vocab_size=600, arch="causal", digits=2).name_or_path == two.name_or_path
 
 
 def test_formats_detected_on_shared_files():

@@ -52,7 +52,7 @@ def key_parts(recipe, arch: str, tokenizer, *, version: str, code: str) -> dict:
         data.pop(k)
     m = recipe.model
     if tokenizer is None:
-        tok = {"built": m.tokenizer or m.name, "vocab_size": m.tokenizer_vocab_size}
+        tok = {"built": m.tokenizer or m.name, "vocab_size": m.tokenizer_vocab_size, "digits": m.tokenizer_digits}
     else:
         tok = {"digest": tokenizer_digest(tokenizer), "class": type(tokenizer).__name__,
                "eos": tokenizer.eos_token_id}
