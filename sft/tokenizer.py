@@ -31,13 +31,20 @@ def _special(arch: str) -> dict:
     return {"pad_token": "<pad>", "eos_token": eos, "unk_token": "<unk>"}
 
 
+GROUPS = 32  # the grouping looks this many groups ahead, so a run costs linear time (unbounded: quadratic)
+
+
 def digit_splitter(digits: int):
-    """The pre-tokenizer that cuts numbers: single digits, or right-aligned groups of up to `digits` digits."""
+    """The pre-tokenizer that cuts numbers: every numeric character alone, or runs of decimal digits (`\\d`, any
+    script) in right-aligned groups of up to `digits`. A fraction's digits are grouped from the right like any
+    run; in a run longer than GROUPS + 1 groups, the digits before the last GROUPS + 1 groups stay one piece
+    for BPE to split."""
     from tokenizers import Regex, pre_tokenizers
 
     if digits == 1:
         return pre_tokenizers.Digits(individual_digits=True)
-    return pre_tokenizers.Split(Regex(rf"\d{{1,{digits}}}(?=(?:\d{{{digits}}})*(?!\d))"), behavior="isolated")
+    pattern = rf"\d{{1,{digits}}}(?=(?:\d{{{digits}}}){{0,{GROUPS}}}(?!\d))"
+    return pre_tokenizers.Split(Regex(pattern), behavior="isolated")
 
 
 def build_tokenizer(kind: str, texts: list[str], *, vocab_size: int, arch: str, markers: tuple[str, ...] = (),

@@ -103,28 +103,37 @@ def test_built_tokenizer_keeps_template_markers_whole(tmp_path, monkeypatch):
     assert AutoTokenizer.from_pretrained(tmp_path / "saved").encode(texts[0], add_special_tokens=False) == ids
 
 
-@given(st.lists(st.one_of(st.text("0123456789", min_size=1, max_size=9), st.sampled_from([" ", "a", ", ", "x+"])),
-                max_size=12), st.integers(1, 3))
+@given(st.lists(st.one_of(st.text("0123456789", min_size=1, max_size=9), st.text("0123456789", min_size=60),
+                          st.sampled_from([" ", "a", ", ", "x+", ".", "中"])), max_size=12), st.integers(1, 3))
 @settings(max_examples=200, deadline=None)
 def test_digit_groups_follow_place_value(parts, digits):
     """Every run of digits is cut from the right into groups of `digits` (the first may be shorter), and
-    nothing else is touched: 12345 at 2 is 1|23|45, never 12|34|5."""
+    nothing else is touched: 12345 at 2 is 1|23|45, never 12|34|5. Past GROUPS + 1 groups (a bounded
+    look-ahead, so long runs stay linear), the leading digits are one piece."""
     import re
 
-    from sft.tokenizer import digit_splitter
+    from sft.tokenizer import GROUPS, digit_splitter
 
     text = "".join(parts)
     pieces = [p for p, _ in digit_splitter(digits).pre_tokenize_str(text)]
     assert "".join(pieces) == text
     runs, run = [], []
-    for p in pieces:  # digits only ever sit in digit pieces, so adjacent digit pieces make one run
+    for p in pieces:  # adjacent digit pieces make one run
         if p.isdigit():
             run.append(p)
-        elif run:
+            continue
+        if run:
             runs.append(run)
-            run = []
+        head = re.search(r"\d+$", p)  # a long run's unsplit head ends the text piece before its groups
+        assert not re.search(r"\d", p[:head.start()] if head else p)
+        run = [head.group()] if head else []
     runs += [run] if run else []
+    reach = digits * (GROUPS + 1) if digits > 1 else None
     for r in runs:
+        n = sum(map(len, r))
+        if reach and n > reach:
+            assert len(r[0]) == n - reach
+            r = r[1:]
         assert all(len(p) == digits for p in r[1:]) and 1 <= len(r[0]) <= digits
     assert ["".join(r) for r in runs] == re.findall(r"\d+", text)
 

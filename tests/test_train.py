@@ -201,6 +201,27 @@ def test_nonfinite_guard_checks_without_per_step_sync(tmp_path, monkeypatch, bad
         assert all(torch.isfinite(t).all() for t in weights.values())
 
 
+def test_nonfinite_guard_zeroes_gradients_only_when_flagged():
+    """On CPU the guard reads its flag on the host: a clean step leaves the gradients alone, a flagged one
+    zeroes every one of them before the optimiser runs."""
+    import torch
+
+    from sft.train.callbacks import NonFiniteLossGuard
+
+    guard = object.__new__(NonFiniteLossGuard)
+    guard.model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2, bias=False))
+    guard.model(torch.ones(2, 3)).sum().backward()
+    before = [p.grad.clone() for p in guard.model.parameters()]
+    assert all(g.abs().sum() > 0 for g in before)
+    for flag in (None, torch.tensor(False)):
+        guard._bad = flag
+        guard.neutralise_update()
+        assert all(torch.equal(p.grad, g) for p, g in zip(guard.model.parameters(), before))
+    guard._bad = torch.tensor(True)
+    guard.neutralise_update()
+    assert all(torch.count_nonzero(p.grad) == 0 for p in guard.model.parameters())
+
+
 def test_qlora_cpu_evaluates_before_and_after(tmp_path):
     """bitsandbytes repacks 4-bit CPU weights on first inference; scoring the base must not break training."""
     r = tiny_recipe("gpt2", tmp_path / "out", mode="qlora", steps=6)
