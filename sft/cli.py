@@ -14,7 +14,8 @@ _OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[\w]+)+=")
 
 # The subcommands, in `sft --help` order: each module in sft/commands/ parses its arguments, calls the
 # library and prints. Adding a command is one module and one entry here.
-COMMANDS = ("recipe", "data", "train", "eval", "score", "generate", "chat", "push", "merge", "bench", "build-data")
+COMMANDS = ("recipe", "data", "train", "eval", "score", "generate", "chat", "serve", "export", "push", "merge", "bench",
+            "build-data")
 
 
 def _module(name: str):

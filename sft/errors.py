@@ -44,3 +44,7 @@ class EvalError(SftError):
 
 class PublishError(SftError):
     """Pushing, merging or writing a model card failed."""
+
+
+class ServeError(SftError):
+    """A model cannot be served or exported as asked (engine missing, port taken, not a model folder)."""

@@ -15,25 +15,73 @@ from .data import formats
 from .data.clean import normalise_text
 from .data.pipeline import encode_prompts
 from .data.templates import get_template
-from .errors import DataError, RecipeError
+from .errors import DataError, ModelError, RecipeError
 from .evaluation.generate import generate_batched
 from .recipe import GenerationConfig, Recipe, load_recipe
 from . import rundir
 
 
-def run_recipe(model_dir: str) -> Recipe:
+def run_recipe(model_dir: str, tokenizer=None, raw: bool = False) -> Recipe:
+    """How a model folder is prompted: an sft run's own recipe; for any other model its tokenizer's chat template
+    (`template: tokenizer`); `raw`: plain text, no template."""
     path = os.path.join(model_dir, rundir.RECIPE)
     if os.path.exists(path):
         return load_recipe(path)
     from .recipe import recipe_from_dict
 
-    return recipe_from_dict({"data": {"sources": [{"path": "builtin:synthetic"}]}}, path=path)
+    data: dict = {"sources": [{"path": "builtin:synthetic"}]}
+    if tokenizer is not None and not raw:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ModelError("this model has no chat template (and is not an sft run)", file=model_dir,
+                             fix="pass --raw to continue plain text, or use a chat model")
+        data["template"] = "tokenizer"
+    return recipe_from_dict({"data": data}, path=path)
+
+
+@dataclasses.dataclass
+class Use:
+    """A model loaded for generate, chat and serve: the folder its files are in, and how it is prompted."""
+
+    model: object
+    tokenizer: object
+    arch: str
+    recipe: Recipe
+    folder: str
+    raw: bool = False
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        """Text markers that end an answer (none for a raw continuation, which ends at EOS)."""
+        return () if self.raw else tuple(get_template(self.recipe.data.template, self.tokenizer).stop)
+
+    def encode(self, records: list[dict]) -> list[list[int]]:
+        if self.raw:
+            return [self.tokenizer(r["text"])["input_ids"] for r in records]
+        return encode_prompts(records, self.tokenizer, self.recipe.data.template, arch=self.arch,
+                              system=self.recipe.data.system_prompt)
+
+
+def load_use(spec: str, *, raw: bool = False, device: str | None = None) -> Use:
+    """An sft run, a local Hugging Face model folder or a Hub id, loaded with the prompt format it was made for."""
+    from .modeling import load_for_inference, resolve_model_dir
+
+    folder = resolve_model_dir(spec)
+    model, tokenizer, arch = load_for_inference(folder, device=device)
+    return Use(model, tokenizer, arch, run_recipe(folder, tokenizer, raw), folder, raw)
 
 
 def generation_settings(recipe: Recipe, overrides: dict) -> GenerationConfig:
-    """The run's decoding settings with command-line overrides, range-checked like the recipe."""
+    """The run's decoding settings with command-line overrides, range-checked like the recipe. As in the OpenAI API,
+    `--temperature 0` alone means greedy, and a temperature, top-k or top-p given without --do-sample samples."""
     from .recipe import _check_range
 
+    overrides = dict(overrides)
+    if "do_sample" not in overrides:
+        if overrides.get("temperature") == 0:
+            overrides.pop("temperature")
+            overrides["do_sample"] = False
+        elif any(k in overrides for k in ("temperature", "top_p", "top_k")):
+            overrides["do_sample"] = True
     fields = {f.name: f for f in dataclasses.fields(GenerationConfig)}
     for key, value in overrides.items():
         flag = "--" + key.replace("_", "-")
@@ -61,6 +109,19 @@ def _fit(ids: list[int], model, arch: str, gen: GenerationConfig, eos: int | Non
                           f"{ctx}-token context", field="--max-new-tokens", fix=f"use fewer than {ctx}")
     out = fit_prompt(ids, budget, arch, eos)
     return out, len(out) < len(ids)
+
+
+def row_to_text(row: dict, lineno: int, file: str) -> str:
+    """A --raw input line: {prompt} or {text}, continued as it is."""
+    if not isinstance(row, dict):
+        raise DataError(f"line {lineno}: expected a JSON object, got {type(row).__name__}", file=file,
+                        fix="write one JSON object per line, e.g. {\"prompt\": \"Once upon a time\"}")
+    key = next((k for k in ("prompt", "text") if k in row), None)
+    if key is None or not isinstance(row[key], str):
+        got = f"{key!r} is {type(row[key]).__name__}" if key else f"fields {sorted(row)}"
+        raise DataError(f"line {lineno}: --raw continues a 'prompt' or 'text' string; got {got}", file=file,
+                        field="--raw", fix="write {\"prompt\": \"...\"} per line, or drop --raw for instructions")
+    return row[key]
 
 
 def row_to_messages(row: dict, lineno: int, file: str, form: str = "nfc") -> list[dict]:
@@ -115,51 +176,64 @@ def _read_inputs(path: str) -> list[dict]:
 
 
 def generate_rows(model_dir: str, input_path: str, out_path: str, gen_overrides: dict,
-                  batch_size: int | None = None) -> tuple[list[dict], int]:
-    """Each input row with its `prediction`, and how many prompts were left-truncated to fit the context."""
-    from .modeling import load_for_inference
-
+                  batch_size: int | None = None, *, raw: bool = False, num_return_sequences: int = 1,
+                  seed: int | None = None) -> tuple[list[dict], int]:
+    """Each input row with its `prediction` (and `predictions`, all of them, when num_return_sequences > 1), and how
+    many prompts were left-truncated to fit the context."""
     if input_path != "-" and not os.path.exists(input_path):
         raise DataError("input file not found", file=input_path, field="--input")
     if out_path != "-" and os.path.isdir(out_path):
         raise DataError("--out is a directory", file=out_path, field="--out", fix="pass a file path, e.g. preds.jsonl")
     if batch_size is not None and batch_size < 1:
         raise RecipeError(f"--batch-size must be at least 1 (got {batch_size})", field="--batch-size")
-    recipe = run_recipe(model_dir)
-    gen = generation_settings(recipe, gen_overrides)
     rows = _read_inputs(input_path)
-    records = [{"messages": row_to_messages(r, i + 1, input_path, recipe.data.clean.normalize), "task": "",
-                "source": ""} for i, r in enumerate(rows)]
-    model, tokenizer, arch = load_for_inference(model_dir)
-    prompts = encode_prompts(records, tokenizer, recipe.data.template, arch=arch, system=recipe.data.system_prompt)
-    fitted = [_fit(p, model, arch, gen, tokenizer.eos_token_id) for p in prompts]
+    use = load_use(model_dir, raw=raw)
+    gen = generation_settings(use.recipe, gen_overrides)
+    check_return_sequences(gen, num_return_sequences)
+    if raw:
+        records = [{"text": row_to_text(r, i + 1, input_path)} for i, r in enumerate(rows)]
+    else:
+        records = [{"messages": row_to_messages(r, i + 1, input_path, use.recipe.data.clean.normalize), "task": "",
+                    "source": ""} for i, r in enumerate(rows)]
+    fitted = [_fit(p, use.model, use.arch, gen, use.tokenizer.eos_token_id) for p in use.encode(records)]
     cut = sum(c for _, c in fitted)
-    stops = tuple(get_template(recipe.data.template, tokenizer).stop)
-    preds = generate_batched(model, tokenizer, [p for p, _ in fitted], arch=arch, gen=gen,
-                             batch_size=batch_size or recipe.eval.batch_size, stops=stops)
-    return [{**row, "prediction": p} for row, p in zip(rows, preds)], cut
+    if seed is not None:
+        from transformers import set_seed
+
+        set_seed(seed)
+    preds = generate_batched(use.model, use.tokenizer, [p for p, _ in fitted], arch=use.arch, gen=gen,
+                             batch_size=batch_size or use.recipe.eval.batch_size, stops=use.stops,
+                             num_return_sequences=num_return_sequences, strip=not raw)
+    if num_return_sequences == 1:
+        return [{**row, "prediction": p} for row, p in zip(rows, preds)], cut
+    return [{**row, "prediction": p[0], "predictions": p} for row, p in zip(rows, preds)], cut
 
 
-def answer(model, tokenizer, arch, recipe, messages, gen, streamer=None) -> tuple[str, bool]:
-    """The model's reply to a conversation in the run's template, and whether the conversation was
-    left-truncated to fit the context. `streamer`: a transformers streamer that shows tokens as they come."""
+def check_return_sequences(gen: GenerationConfig, n: int) -> None:
+    if n < 1:
+        raise RecipeError(f"got {n}, expected at least 1", field="--num-return-sequences")
+    if n > 1 and not gen.do_sample and gen.num_beams < n:
+        raise RecipeError(f"{n} answers per prompt need sampling or as many beams", field="--num-return-sequences",
+                          fix=f"add --do-sample (with --temperature), or --num-beams {n}")
+
+
+def answer(use: Use, messages: list[dict], gen, streamer=None) -> tuple[str, bool]:
+    """The model's reply to a conversation in its prompt format (with `use.raw`, the continuation of the last
+    message's text), and whether the prompt was left-truncated to fit the context. `streamer`: a transformers
+    streamer that shows tokens as they come."""
     import torch
 
     from .evaluation.generate import cut_at_stop, generation_kwargs, stop_token_ids
 
-    stops = tuple(get_template(recipe.data.template, tokenizer).stop)
-    ids = encode_prompts([{"messages": messages, "task": "", "source": ""}], tokenizer, recipe.data.template,
-                         arch=arch, system=recipe.data.system_prompt)[0]
-    ids, cut = _fit(ids, model, arch, gen, tokenizer.eos_token_id)
-    device = next(model.parameters()).device
+    stops = use.stops
+    record = {"text": messages[-1]["content"]} if use.raw else {"messages": messages, "task": "", "source": ""}
+    ids, cut = _fit(use.encode([record])[0], use.model, use.arch, gen, use.tokenizer.eos_token_id)
+    device = next(use.model.parameters()).device
     inp = torch.tensor([ids], device=device)
     with torch.no_grad():
-        out = model.generate(input_ids=inp, attention_mask=torch.ones_like(inp), pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=stop_token_ids(tokenizer, stops), streamer=streamer,
-                             **generation_kwargs(gen))
-    new = out[0, inp.shape[1]:] if arch == "causal" else out[0]
-    return cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), stops), bool(cut)
-
-
-def template_stops(recipe, tokenizer) -> tuple[str, ...]:
-    return tuple(get_template(recipe.data.template, tokenizer).stop)
+        out = use.model.generate(input_ids=inp, attention_mask=torch.ones_like(inp),
+                                 pad_token_id=use.tokenizer.pad_token_id,
+                                 eos_token_id=stop_token_ids(use.tokenizer, stops), streamer=streamer,
+                                 **generation_kwargs(gen))
+    new = out[0, inp.shape[1]:] if use.arch == "causal" else out[0]
+    return cut_at_stop(use.tokenizer.decode(new, skip_special_tokens=True), stops, strip=not use.raw), bool(cut)

@@ -279,14 +279,12 @@ def load_model(recipe: Recipe, tokenizer, arch: str, *, base_save_dir: str | Non
 
 
 def _saved_eos(recipe: Recipe, tokenizer):
-    """EOS, or with a chat template EOS plus its end-of-turn token: what generation_config.json tells servers
-    (vLLM, transformers pipeline) to stop at."""
+    """EOS plus the template's end-of-turn token where that is one token (ChatML's <|im_end|>, a chat template's
+    <|eot_id|>): what generation_config.json tells servers (transformers serve, vLLM) to stop at."""
     from .data.templates import get_template, stop_token_ids
 
-    if recipe.data.template != "tokenizer":
-        return tokenizer.eos_token_id
-    ids = stop_token_ids(tokenizer, tuple(get_template("tokenizer", tokenizer).stop))
-    return ids if len(ids) > 1 else ids[0]
+    ids = stop_token_ids(tokenizer, tuple(get_template(recipe.data.template, tokenizer).stop))
+    return ids if len(ids) > 1 else (ids[0] if ids else None)
 
 
 def _attention_checked(build):
@@ -363,9 +361,44 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
+# Files a Hub download brings for inference: weights as safetensors only (pickled weights run code on load).
+_HUB_IGNORE = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.onnx", "*.gguf", "*.tflite", "*.ot",
+               "checkpoint-*/*", "runs/*", "original/*")
+
+
+def resolve_model_dir(spec: str) -> str:
+    """A local model folder as it is; a Hub id (`owner/name`, `name@revision`) downloaded into (or, offline, found
+    in) the Hugging Face cache: the folder its files are in."""
+    if os.path.isdir(spec):
+        return spec
+    fix = "pass an sft output_dir, a local model folder, or a Hub id such as OWNER/NAME"
+    if os.path.exists(spec):
+        raise ModelError("not a model folder (a file)", file=spec, fix=fix)
+    repo, _, revision = spec.partition("@")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        if spec.startswith((".", "/", "~")) or spec.endswith("/") or os.sep + os.sep in spec:
+            raise HFValidationError(spec)
+        validate_repo_id(repo)
+    except HFValidationError:
+        raise ModelError("model directory not found", file=spec, fix=fix) from None
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo, revision=revision or None, ignore_patterns=list(_HUB_IGNORE))
+    except Exception as e:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        raise ModelError(f"cannot fetch {spec!r} from the Hub ({type(e).__name__}: {str(e).splitlines()[0][:160]})",
+                         file=spec, fix="check the id (and HF_TOKEN for a private repo)" + (
+                             "; offline (HF_HUB_OFFLINE=1) only models already in the Hugging Face cache load"
+                             if offline else " and the network")) from e
+
+
 def load_for_inference(output_dir: str, *, device: str | None = None, dtype: torch.dtype | None = None,
                        trust_remote_code: bool = False):
-    """(model, tokenizer, arch) from a training output dir, a merged model, or an adapter-only dir."""
+    """(model, tokenizer, arch) from a training output dir, a merged model, an adapter-only dir, any Hugging Face
+    model folder, or a Hub id (see resolve_model_dir; a caller that needs the folder resolves it first)."""
     import json
 
     from peft import PeftConfig, PeftModel
@@ -374,8 +407,7 @@ def load_for_inference(output_dir: str, *, device: str | None = None, dtype: tor
     from .tokenizer import load_tokenizer
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if not os.path.isdir(output_dir):
-        raise ModelError("model directory not found", file=output_dir, fix="pass a training output_dir or a model folder")
+    output_dir = resolve_model_dir(output_dir)
     adapter_cfg = os.path.join(output_dir, rundir.ADAPTER_CONFIG)
     if not os.path.exists(adapter_cfg) and not os.path.exists(os.path.join(output_dir, rundir.MODEL_CONFIG)):
         unfinished = any(d.startswith("checkpoint-") for d in os.listdir(output_dir))

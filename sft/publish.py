@@ -187,25 +187,7 @@ def push(output_dir: str, *, repo_id: str | None, private: bool = True, revision
 
 
 def merge_adapter(output_dir: str, out: str) -> str:
-    """Merge a LoRA adapter into its base (float32) and save a standalone model + tokenizer."""
-    import torch
+    """Merge a LoRA adapter into its base (float32) and save a standalone model + tokenizer (sft export's rule)."""
+    from .export import export
 
-    from .modeling import load_for_inference
-
-    check_destination(output_dir, out, "--out")
-    if not _is_adapter(output_dir):
-        raise PublishError("no LoRA adapter here (adapter_config.json missing)", file=output_dir,
-                           fix="merge applies to runs with lora.enabled: true; a full fine-tune is already standalone")
-    model, tokenizer, arch = load_for_inference(output_dir, device="cpu", dtype=torch.float32)
-    merged = model.merge_and_unload()
-    merged.save_pretrained(out)
-    tokenizer.save_pretrained(out)  # with the run's chat template
-    gen = os.path.join(output_dir, rundir.GENERATION_CONFIG)
-    if os.path.exists(gen):  # the run's stop tokens (EOS + end of turn), not the base's
-        shutil.copyfile(gen, os.path.join(out, rundir.GENERATION_CONFIG))
-    if os.path.exists(os.path.join(output_dir, rundir.RECIPE)):
-        recipe = load_recipe(os.path.join(output_dir, rundir.RECIPE))
-        recipe.lora.enabled = False
-        recipe.quantization.load_in_4bit = recipe.quantization.load_in_8bit = False
-        write_text_atomic(os.path.join(out, rundir.RECIPE), recipe.to_yaml())
-    return out
+    return export(output_dir, out, dtype="fp32", adapters_only=True)

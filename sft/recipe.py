@@ -219,6 +219,8 @@ class GenerationConfig:
     do_sample: bool = _f(False, help="Sample instead of greedy/beam decoding.")
     temperature: float = _f(1.0, help="Sampling temperature.", min=0.0, exclusive_min=True)
     top_p: float = _f(1.0, help="Nucleus sampling p.", min=0.0, max=1.0, exclusive_min=True)
+    top_k: int = _f(0, help="Top-k sampling: keep the k likeliest tokens (0 = off; transformers' own default of 50 "
+                    "is not applied).", min=0)
     repetition_penalty: float = _f(1.0, help="Repetition penalty (1 = off).", min=0.0, exclusive_min=True)
 
 

@@ -114,7 +114,7 @@ LAYERS = [
     {"recipe", "data", "rundir", "switches", "passthrough"},
     {"tokenizer", "modeling", "prepare"},
     {"evaluation"},
-    {"context", "train", "publish", "inference", "bench", "construct"},
+    {"context", "train", "publish", "inference", "export", "serve", "bench", "construct"},
     {"commands", "cli", "__main__"},
 ]
 

@@ -12,19 +12,20 @@ from ._args import add_generation_args, generation_overrides
 
 def add_parser(sub) -> None:
     p = sub.add_parser("chat", help="interactive chat with a trained model")
-    p.add_argument("model", help="training output directory or model directory")
+    p.add_argument("model", help="an sft output directory, a Hugging Face model folder, or a Hub id")
     p.add_argument("--compare", default=None, help="a base model/output dir whose answers are shown beside")
+    p.add_argument("--raw", action="store_true", help="no chat template: each line is plain text to continue")
     add_generation_args(p)
 
 
 def run(args) -> int:
-    chat(args.model, compare=args.compare, gen=generation_overrides(args))
+    chat(args.model, compare=args.compare, gen=generation_overrides(args), raw=args.raw, seed=args.seed)
     return 0
 
 
-def _reply(answer, model, tokenizer, arch, recipe, messages, gen, prefix: str, template_stops) -> str:
-    streamer = _StopStreamer(tokenizer, template_stops(recipe, tokenizer), prefix)
-    text, cut = answer(model, tokenizer, arch, recipe, messages, gen, streamer=streamer.streamer)
+def _reply(answer, use, messages, gen, prefix: str) -> str:
+    streamer = _StopStreamer(use.tokenizer, use.stops, prefix)
+    text, cut = answer(use, messages, gen, streamer=streamer.streamer)
     if cut:
         print("(note: the conversation was left-truncated to fit the model context)", flush=True)
     return text
@@ -66,22 +67,30 @@ class _StopStreamer:
 
 
 
-def chat(model_dir: str, *, compare: str | None = None, gen: dict | None = None,
-                 stdin=None, out=None) -> None:
-    """Interactive chat. Commands: /reset clears the history, /exit quits. Reads stdin line by line."""
-    from ..inference import answer, generation_settings, run_recipe, template_stops
-    from ..modeling import load_for_inference
+def chat(model_dir: str, *, compare: str | None = None, gen: dict | None = None, stdin=None, out=None,
+         raw: bool = False, seed: int | None = None) -> None:
+    """Interactive chat. Commands: /reset clears the history, /exit quits. Reads stdin line by line. With `raw`,
+    each line is continued as plain text (no template, no history)."""
+    import dataclasses
+
+    from ..inference import answer, generation_settings, load_use
     from ..data.clean import normalise_text
 
     stdin = stdin or sys.stdin
-    recipe = run_recipe(model_dir)
+    use = load_use(model_dir, raw=raw)
+    recipe = use.recipe
     g = generation_settings(recipe, gen or {})
-    model, tokenizer, arch = load_for_inference(model_dir)
     base = None
     if compare:
-        base = load_for_inference(compare)
-        base_recipe = run_recipe(compare) if os.path.exists(os.path.join(compare, rundir.RECIPE)) else recipe
-    print(f"sft chat: {model_dir} (template {recipe.data.template}); /reset clears history, /exit quits", flush=True)
+        base = load_use(compare, raw=raw)
+        if not raw and not os.path.exists(os.path.join(base.folder, rundir.RECIPE)):
+            base = dataclasses.replace(base, recipe=recipe)  # an sft base folder: prompted the run's way
+    if seed is not None:
+        from transformers import set_seed
+
+        set_seed(seed)
+    how = "raw text, no template" if raw else f"template {recipe.data.template}"
+    print(f"sft chat: {model_dir} ({how}); /reset clears history, /exit quits", flush=True)
     history: list[dict] = []
     base_history: list[dict] = []
     interactive = stdin.isatty()
@@ -102,11 +111,13 @@ def chat(model_dir: str, *, compare: str | None = None, gen: dict | None = None,
             continue
         if not interactive:
             print(f"you> {text}", flush=True)
+        if raw:
+            history, base_history = [], []
         history.append({"role": "user", "content": normalise_text(text, recipe.data.clean.normalize)})
-        reply = _reply(answer, model, tokenizer, arch, recipe, history, g, "model> ", template_stops)
+        reply = _reply(answer, use, history, g, "model> ")
         history.append({"role": "assistant", "content": reply})
         if base is not None:
             base_history.append({"role": "user", "content": text})
-            b_reply = _reply(answer, base[0], base[1], base[2], base_recipe, base_history, g, "base> ", template_stops)
+            b_reply = _reply(answer, base, base_history, g, "base> ")
             base_history.append({"role": "assistant", "content": b_reply})
     print("bye", flush=True)

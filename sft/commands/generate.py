@@ -10,9 +10,13 @@ from ._args import add_generation_args, generation_overrides
 
 def add_parser(sub) -> None:
     p = sub.add_parser("generate", help="generate answers for instructions in a jsonl file")
-    p.add_argument("model", help="training output directory or model directory")
+    p.add_argument("model", help="an sft output directory, a Hugging Face model folder, or a Hub id")
     p.add_argument("--input", default="-", help="jsonl with instruction[/input] or messages; - for stdin")
     p.add_argument("--out", default="-", help="output jsonl; - for stdout")
+    p.add_argument("--raw", action="store_true",
+                   help="no template: continue each row's 'prompt' (or 'text') as plain text (base models)")
+    p.add_argument("--num-return-sequences", type=int, default=1,
+                   help="answers per row (needs --do-sample or as many beams); all go to 'predictions'")
     add_generation_args(p)
 
 
@@ -20,7 +24,8 @@ def run(args) -> int:
     from ..inference import generate_rows
     from ..io import write_text_atomic
 
-    rows, cut = generate_rows(args.model, args.input, args.out, generation_overrides(args), batch_size=args.batch_size)
+    rows, cut = generate_rows(args.model, args.input, args.out, generation_overrides(args), batch_size=args.batch_size,
+                              raw=args.raw, num_return_sequences=args.num_return_sequences, seed=args.seed)
     if cut:
         print(f"[sft] note: {cut} prompt(s) left-truncated to fit the model context", file=sys.stderr, flush=True)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)

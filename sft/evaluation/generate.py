@@ -30,30 +30,38 @@ def fit_prompt(ids: list[int], budget: int | None, arch: str, eos: int | None) -
     return ids[len(ids) - budget:]
 
 
-def cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
+def cut_at_stop(text: str, stops: tuple[str, ...], strip: bool = True) -> str:
+    """The answer before the first stop marker; `strip=False` keeps a raw continuation's whitespace."""
     for s in stops:
         idx = text.find(s)
         if idx >= 0:
             text = text[:idx]
-    return text.strip()
+    return text.strip() if strip else text
 
 
-def generation_kwargs(gen) -> dict:
+def generation_kwargs(gen, num_return_sequences: int = 1) -> dict:
+    """`generate` arguments for a GenerationConfig: every sampling setting is passed, so the model's own
+    generation_config (e.g. transformers' top_k=50) never applies silently."""
     kw = dict(max_new_tokens=gen.max_new_tokens, num_beams=gen.num_beams, do_sample=gen.do_sample,
               repetition_penalty=gen.repetition_penalty)
     if gen.do_sample:
-        kw.update(temperature=gen.temperature, top_p=gen.top_p)
+        kw.update(temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k)
+    if num_return_sequences > 1:
+        kw["num_return_sequences"] = num_return_sequences
     return kw
 
 
 @torch.no_grad()
 def generate_batched(model, tokenizer, prompts: list[list[int]], *, arch: str, gen, batch_size: int,
-                     stops: tuple[str, ...] = (), progress: bool = False, synced_gpus: bool = False) -> list[str]:
-    """Generated answer text for each tokenised prompt, in input order."""
+                     stops: tuple[str, ...] = (), progress: bool = False, synced_gpus: bool = False,
+                     num_return_sequences: int = 1, strip: bool = True) -> list:
+    """Generated answer text for each tokenised prompt, in input order (with num_return_sequences > 1, a list
+    of that many texts per prompt)."""
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
-    out: list[str] = [""] * len(prompts)
-    kwargs = generation_kwargs(gen)
+    n = num_return_sequences
+    out: list = [""] * len(prompts)
+    kwargs = generation_kwargs(gen, n)
     eos_ids = stop_token_ids(tokenizer, stops)
     batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
     if progress:
@@ -66,7 +74,7 @@ def generate_batched(model, tokenizer, prompts: list[list[int]], *, arch: str, g
         seqs = model.generate(input_ids=ids, attention_mask=mask, pad_token_id=tokenizer.pad_token_id,
                               eos_token_id=eos_ids, synced_gpus=synced_gpus, **kwargs)
         new = seqs[:, ids.shape[1]:] if arch == "causal" else seqs
-        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-        for i, t in zip(idx, texts):
-            out[i] = cut_at_stop(t, stops)
+        texts = [cut_at_stop(t, stops, strip) for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+        for k, i in enumerate(idx):
+            out[i] = texts[k] if n == 1 else texts[k * n:(k + 1) * n]
     return out
