@@ -99,19 +99,34 @@ def model_card(output_dir: str, repo_id: str | None, license: str = "apache-2.0"
     lines += ["", "## How to use", "", "```python"]
     if adapter:
         cls = "AutoModelForSeq2SeqLM" if arch == "seq2seq" else "AutoModelForCausalLM"
-        lines += ["from peft import PeftModel", f"from transformers import {cls}, AutoTokenizer", "",
-                  f"tokenizer = AutoTokenizer.from_pretrained('{repo}')"]
+        lines += ["from peft import PeftModel", f"from transformers import {cls}, AutoTokenizer", ""]
         if recipe.model.init == "scratch":
-            lines += [f"base = {cls}.from_pretrained('{repo}', subfolder='base_model')"]
+            # adapter_kwargs: else transformers finds the repo's own adapter_config.json and ignores the subfolder
+            lines += [f"base = {cls}.from_pretrained('{repo}', subfolder='base_model',",
+                      f"{' ' * (len(cls) + 24)}adapter_kwargs={{'subfolder': 'base_model'}})"]
         else:
             lines += [f"base = {cls}.from_pretrained('{recipe.model.name}')"]
-        lines += [f"model = PeftModel.from_pretrained(base, '{repo}')"]
+        # an adapter repo has no config.json, which AutoTokenizer otherwise looks for: give it the base's
+        lines += [f"tokenizer = AutoTokenizer.from_pretrained('{repo}', config=base.config)",
+                  f"model = PeftModel.from_pretrained(base, '{repo}')"]
     else:
         cls = "AutoModelForSeq2SeqLM" if arch == "seq2seq" else "AutoModelForCausalLM"
         lines += [f"from transformers import {cls}, AutoTokenizer", "",
                   f"tokenizer = AutoTokenizer.from_pretrained('{repo}')",
                   f"model = {cls}.from_pretrained('{repo}')"]
-    lines += ["```", "", f"Or with sft (same template as training): `sft generate {repo} --input prompts.jsonl`", ""]
+    lines += ["```", "", "With sft, prompted exactly as in training (the saved chat template and stop tokens):", "",
+              "```bash", f"sft generate {repo} --input prompts.jsonl   # one JSON object a line: {{\"instruction\": ...}}",
+              f"sft chat {repo}",
+              f"sft serve {repo} --port 8000                # OpenAI-compatible server (pip install 'sft[serve]')",
+              f"sft export {repo} --out exported --dtype bf16  # one merged safetensors model",
+              f"vllm serve {'exported' if adapter else repo}" + ("                       # the export: vLLM loads it unchanged"
+                                                               if adapter else ""),
+              "```", "", f"Requests to `sft serve {repo}` name the model `{repo}`, e.g. with the openai client:", "",
+              "```python", "from openai import OpenAI", "",
+              "client = OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='none')",
+              f"reply = client.chat.completions.create(model='{repo}', temperature=0,",
+              "                                       messages=[{'role': 'user', 'content': 'Hello'}])",
+              "print(reply.choices[0].message.content)", "```", ""]
     return "\n".join(lines)
 
 

@@ -128,7 +128,11 @@ def plan(spec: str, *, engine: str = "transformers", host: str = "127.0.0.1", po
     name = target = spec
     if why:
         scratch = tempfile.mkdtemp(prefix="sft-serve-")
-        name = os.path.basename(os.path.normpath(spec)).replace("@", "-") or "model"
+        # requests name the model as the user did (`outputs/run`, `owner/name`) where that can be a path inside the
+        # scratch folder; an absolute or upward path by its last part
+        norm = os.path.normpath(spec)
+        inside = not os.path.isabs(norm) and norm != "." and not norm.startswith("..") and "@" not in norm
+        name = norm if inside else os.path.basename(os.path.abspath(spec)).replace("@", "-") or "model"
         try:
             export(folder, os.path.join(scratch, name))
         except BaseException:

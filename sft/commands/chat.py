@@ -71,9 +71,8 @@ def chat(model_dir: str, *, compare: str | None = None, gen: dict | None = None,
          raw: bool = False, seed: int | None = None) -> None:
     """Interactive chat. Commands: /reset clears the history, /exit quits. Reads stdin line by line. With `raw`,
     each line is continued as plain text (no template, no history)."""
-    import dataclasses
-
-    from ..inference import answer, generation_settings, load_use
+    from ..inference import Use, answer, generation_settings, load_use, run_recipe
+    from ..modeling import load_for_inference, resolve_model_dir
     from ..data.clean import normalise_text
 
     stdin = stdin or sys.stdin
@@ -81,10 +80,10 @@ def chat(model_dir: str, *, compare: str | None = None, gen: dict | None = None,
     recipe = use.recipe
     g = generation_settings(recipe, gen or {})
     base = None
-    if compare:
-        base = load_use(compare, raw=raw)
-        if not raw and not os.path.exists(os.path.join(base.folder, rundir.RECIPE)):
-            base = dataclasses.replace(base, recipe=recipe)  # an sft base folder: prompted the run's way
+    if compare:  # an sft run by its own recipe; any other base (e.g. the run's base model) the run's way
+        folder = resolve_model_dir(compare)
+        own = os.path.exists(os.path.join(folder, rundir.RECIPE))
+        base = Use(*load_for_inference(folder), run_recipe(folder) if own else recipe, folder, raw)
     if seed is not None:
         from transformers import set_seed
 
