@@ -3,7 +3,7 @@ unchanged: merged safetensors weights (a LoRA adapter folded into its base) in t
 the run's chat template, and a generation config whose stop ids are the run's (EOS plus the end-of-turn token).
 
 `sft merge` is this export at float32 for adapter runs. GGUF (llama.cpp, Ollama) is one step further, with
-llama.cpp's own converter (README "Export and serve"): no maintained converter installs from PyPI.
+llama.cpp's own converter run on the export (README "Use, serve and export").
 """
 
 from __future__ import annotations
@@ -17,23 +17,13 @@ from . import rundir
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
-def is_adapter(folder: str) -> bool:
-    return os.path.exists(os.path.join(folder, rundir.ADAPTER_CONFIG))
-
-
-def stop_ids(use) -> list[int]:
-    """The ids generation must end at for this model's prompt format: EOS plus a one-token end of turn."""
-    from .data.templates import stop_token_ids
-
-    return stop_token_ids(use.tokenizer, use.stops)
-
-
 def export(run_dir: str, out: str, *, dtype: str = "fp32", adapters_only: bool = False) -> str:
     """Write the standalone model folder `out` (new or empty, outside `run_dir`) and return it."""
     import torch
 
     from .inference import load_use
-    from .publish import check_destination
+    from .modeling import generation_eos
+    from .publish import check_destination, is_adapter
 
     if dtype not in DTYPES:
         raise PublishError(f"unknown dtype {dtype!r}", field="--dtype", fix=f"use one of {', '.join(DTYPES)}")
@@ -47,8 +37,7 @@ def export(run_dir: str, out: str, *, dtype: str = "fp32", adapters_only: bool =
         model = model.merge_and_unload()
     model = model.to(getattr(torch, DTYPES[dtype]))
     gen = model.generation_config
-    ids = stop_ids(use)
-    gen.eos_token_id = ids if len(ids) > 1 else ids[0]
+    gen.eos_token_id = generation_eos(use.recipe, use.tokenizer)  # EOS plus a one-token end of turn, as training saves
     gen.pad_token_id = use.tokenizer.pad_token_id
     model.config.dtype = getattr(torch, DTYPES[dtype])
     os.makedirs(out, exist_ok=True)

@@ -274,11 +274,11 @@ def load_model(recipe: Recipe, tokenizer, arch: str, *, base_save_dir: str | Non
             model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = _saved_eos(recipe, tokenizer)
+        model.generation_config.eos_token_id = generation_eos(recipe, tokenizer)
     return model
 
 
-def _saved_eos(recipe: Recipe, tokenizer):
+def generation_eos(recipe: Recipe, tokenizer):
     """EOS plus the template's end-of-turn token where that is one token (ChatML's <|im_end|>, a chat template's
     <|eot_id|>): what generation_config.json tells servers (transformers serve, vLLM) to stop at."""
     from .data.templates import get_template, stop_token_ids

@@ -25,7 +25,7 @@ EXTRA_FILES = (rundir.RECIPE, rundir.METRICS, rundir.TRAIN_SUMMARY, rundir.EVAL_
 
 
 
-def _is_adapter(output_dir: str) -> bool:
+def is_adapter(output_dir: str) -> bool:
     return os.path.exists(os.path.join(output_dir, rundir.ADAPTER_CONFIG))
 
 
@@ -41,7 +41,7 @@ def model_card(output_dir: str, repo_id: str | None, license: str = "apache-2.0"
     recipe = load_recipe(os.path.join(output_dir, rundir.RECIPE))
     metrics_path = os.path.join(output_dir, rundir.METRICS)
     metrics = read_json(metrics_path) if os.path.exists(metrics_path) else None
-    adapter = _is_adapter(output_dir)
+    adapter = is_adapter(output_dir)
     arch = (metrics or {}).get("model", {}).get("arch")
     if arch is None:
         from .modeling import resolve_arch
@@ -160,7 +160,7 @@ def stage(output_dir: str, dest: str, repo_id: str | None, license: str = "apach
             shutil.copy2(os.path.join(output_dir, f), os.path.join(dest, f))
             copied.append(f)
     base = os.path.join(output_dir, "base_model")
-    if _is_adapter(output_dir) and os.path.isdir(base):  # scratch base: the adapter needs it to load
+    if is_adapter(output_dir) and os.path.isdir(base):  # scratch base: the adapter needs it to load
         shutil.copytree(base, os.path.join(dest, "base_model"), dirs_exist_ok=True)
         copied += [f"base_model/{f}" for f in sorted(os.listdir(base))]
     write_text_atomic(os.path.join(dest, rundir.CARD), model_card(output_dir, repo_id, license))

@@ -72,33 +72,37 @@ def check_port(host: str, port: int) -> None:
                              fix="choose a free port, e.g. --port 8001, or stop the server using it") from e
 
 
+def _id_set(eos) -> set[int]:
+    """generation_config's eos_token_id (one id, a list, or none) as a set."""
+    return set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+
+
 def _saved_stop_ids(folder: str) -> set[int]:
     from .io import read_json
 
     path = os.path.join(folder, rundir.GENERATION_CONFIG)
-    if not os.path.exists(path):
-        return set()
-    eos = read_json(path).get("eos_token_id")
-    return set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    return _id_set(read_json(path).get("eos_token_id")) if os.path.exists(path) else set()
 
 
 def _needed_stop_ids(folder: str) -> set[int]:
-    """EOS and the one-token end of turn of the folder's prompt format (EOS alone for a model without a template)."""
-    from .data.templates import get_template, stop_token_ids
+    """What training would save for the folder's prompt format (EOS alone for a model without a template)."""
     from .errors import ModelError
     from .inference import run_recipe
+    from .modeling import generation_eos
     from .tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(folder)
     try:
-        stops = tuple(get_template(run_recipe(folder, tokenizer).data.template, tokenizer).stop)
+        recipe = run_recipe(folder, tokenizer)
     except ModelError:  # no chat template: a base model served for /v1/completions
-        stops = ()
-    return set(stop_token_ids(tokenizer, stops))
+        return _id_set(tokenizer.eos_token_id)
+    return _id_set(generation_eos(recipe, tokenizer))
 
 
 def _why_export(folder: str) -> str:
-    if os.path.exists(os.path.join(folder, rundir.ADAPTER_CONFIG)):
+    from .publish import is_adapter
+
+    if is_adapter(folder):
         return "a LoRA adapter, merged into its base"
     missing = _needed_stop_ids(folder) - _saved_stop_ids(folder)
     if missing:
