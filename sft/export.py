@@ -23,15 +23,18 @@ def export(run_dir: str, out: str, *, dtype: str = "fp32", adapters_only: bool =
 
     from .inference import load_use
     from .modeling import generation_eos
-    from .publish import check_destination, is_adapter
+    from .publish import is_adapter
 
     if dtype not in DTYPES:
         raise PublishError(f"unknown dtype {dtype!r}", field="--dtype", fix=f"use one of {', '.join(DTYPES)}")
-    check_destination(run_dir, out, "--out")
     if adapters_only and not is_adapter(run_dir):
         raise PublishError("no LoRA adapter here (adapter_config.json missing)", file=run_dir,
                            fix="merge applies to runs with lora.enabled: true; a full fine-tune is already standalone")
+    if os.path.isdir(run_dir):
+        rundir.claim(out, kind="export", field="--out", error=PublishError, src=run_dir, fresh=True)
     use = load_use(run_dir, device="cpu")
+    if not os.path.isdir(run_dir):  # a Hub id: resolved to its cached snapshot
+        rundir.claim(out, kind="export", field="--out", error=PublishError, src=use.folder, fresh=True)
     model = use.model
     if is_adapter(use.folder):
         model = model.merge_and_unload()
@@ -40,7 +43,6 @@ def export(run_dir: str, out: str, *, dtype: str = "fp32", adapters_only: bool =
     gen.eos_token_id = generation_eos(use.recipe, use.tokenizer)  # EOS plus a one-token end of turn, as training saves
     gen.pad_token_id = use.tokenizer.pad_token_id
     model.config.dtype = getattr(torch, DTYPES[dtype])
-    os.makedirs(out, exist_ok=True)
     model.save_pretrained(out)  # safetensors
     use.tokenizer.save_pretrained(out)  # with the run's chat template
     recipe_path = os.path.join(use.folder, rundir.RECIPE)

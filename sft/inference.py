@@ -121,7 +121,7 @@ def row_to_text(row: dict, lineno: int, file: str) -> str:
         got = f"{key!r} is {type(row[key]).__name__}" if key else f"fields {sorted(row)}"
         raise DataError(f"line {lineno}: --raw continues a 'prompt' or 'text' string; got {got}", file=file,
                         field="--raw", fix="write {\"prompt\": \"...\"} per line, or drop --raw for instructions")
-    return row[key]
+    return _valid_unicode(row[key], lineno, file)
 
 
 def row_to_messages(row: dict, lineno: int, file: str, form: str = "nfc") -> list[dict]:
@@ -137,9 +137,10 @@ def row_to_messages(row: dict, lineno: int, file: str, form: str = "nfc") -> lis
             raise DataError(f"line {lineno}: {e}", file=file,
                             fix="use roles system, user, assistant or tool with string content") from None
     elif "instruction" in row:
-        msgs = [{"role": "user", "content": str(row["instruction"]), "input": str(row.get("input") or "")}]
+        msgs = [{"role": "user", "content": _input_text(row, "instruction", lineno, file),
+                 "input": _input_text(row, "input", lineno, file, optional=True)}]
     elif "prompt" in row:
-        msgs = [{"role": "user", "content": str(row["prompt"])}]
+        msgs = [{"role": "user", "content": _input_text(row, "prompt", lineno, file)}]
     else:
         raise DataError(f"line {lineno}: expected 'instruction', 'prompt' or 'messages'; got {sorted(row)}",
                         file=file, fix="write one JSON object per line, e.g. {\"instruction\": \"...\"}")
@@ -148,8 +149,32 @@ def row_to_messages(row: dict, lineno: int, file: str, form: str = "nfc") -> lis
     if not msgs:
         raise DataError(f"line {lineno}: no user message to answer", file=file)
     for m in msgs:
+        _valid_unicode(m["content"], lineno, file)
         m["content"] = normalise_text(m["content"], form)
     return msgs
+
+
+def _input_text(row: dict, key: str, lineno: int, file: str, *, optional: bool = False) -> str:
+    """A text field of an input line: a string (a number is written out); null or any other type is refused."""
+    value = row.get(key)
+    if value is None and optional:
+        return ""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        got = "null" if value is None else type(value).__name__
+        raise DataError(f"line {lineno}: '{key}' is {got}, expected text", file=file, field="--input",
+                        fix=f"give every line a string '{key}'")
+    return _valid_unicode(value, lineno, file)
+
+
+def _valid_unicode(text: str, lineno: int, file: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(f"line {lineno}: text is not valid Unicode (lone surrogate at character {e.start})",
+                        file=file, field="--input", fix="remove the \\ud8xx-\\udfxx escape from that line") from None
+    return text
 
 
 def _read_inputs(path: str) -> list[dict]:

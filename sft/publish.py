@@ -130,21 +130,8 @@ def model_card(output_dir: str, repo_id: str | None, license: str = "apache-2.0"
     return "\n".join(lines)
 
 
-def check_destination(src: str, dest: str, flag: str) -> None:
-    """A command that writes a new folder from a run folder never writes into (or around) its own input."""
-    a, b = os.path.realpath(src), os.path.realpath(dest)
-    if a == b or b.startswith(a.rstrip(os.sep) + os.sep) or a.startswith(b.rstrip(os.sep) + os.sep):
-        raise PublishError(f"{flag} must be a folder outside the input folder", file=dest, field=flag,
-                           fix="choose a new folder, e.g. outputs/merged")
-    if os.path.exists(dest) and not os.path.isdir(dest):
-        raise PublishError(f"{flag} is a file, not a folder", file=dest, field=flag, fix="choose a folder path")
-    if os.path.isdir(dest) and os.listdir(dest) and not os.path.exists(os.path.join(dest, rundir.CARD)) \
-            and not os.path.exists(os.path.join(dest, rundir.MODEL_CONFIG)):
-        raise PublishError(f"{flag} already holds other files", file=dest, field=flag,
-                           fix="choose a new or empty folder (sft does not write into folders it did not make)")
-
-
-def stage(output_dir: str, dest: str, repo_id: str | None, license: str = "apache-2.0") -> list[str]:
+def stage(output_dir: str, dest: str, repo_id: str | None, license: str = "apache-2.0", *,
+          field: str = "--to-dir") -> list[str]:
     """Copy exactly what would be uploaded into `dest`; returns the relative paths."""
     if not os.path.exists(os.path.join(output_dir, rundir.RECIPE)):
         raise PublishError("not a training output directory (no recipe.yaml)", file=output_dir,
@@ -153,7 +140,7 @@ def stage(output_dir: str, dest: str, repo_id: str | None, license: str = "apach
                                                                      "model.safetensors.index.json")):
         raise PublishError("no trained weights in the output directory", file=output_dir,
                            fix="wait for sft train to finish (or resume it)")
-    os.makedirs(dest, exist_ok=True)
+    rundir.claim(dest, kind="stage", field=field, error=PublishError, src=output_dir, fresh=True)
     copied = []
     for f in sorted(os.listdir(output_dir)):
         if f in WEIGHT_FILES + TOKENIZER_FILES + EXTRA_FILES or (f.startswith("model-") and f.endswith(".safetensors")):
@@ -175,7 +162,6 @@ def push(output_dir: str, *, repo_id: str | None, private: bool = True, revision
         os.path.join(output_dir, rundir.RECIPE)) else None
     license = recipe.hub.license if recipe else "apache-2.0"
     if to_dir:
-        check_destination(output_dir, to_dir, "--to-dir")
         return stage(output_dir, to_dir, repo_id, license), to_dir
     if not repo_id:
         raise PublishError("no repository id", field="--repo-id / hub.repo_id", fix="pass --repo-id OWNER/NAME")
@@ -192,7 +178,7 @@ def push(output_dir: str, *, repo_id: str | None, private: bool = True, revision
             api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
             if revision:
                 api.create_branch(repo_id, branch=revision, exist_ok=True)
-            api.upload_folder(folder_path=tmp, repo_id=repo_id, revision=revision,
+            api.upload_folder(folder_path=tmp, repo_id=repo_id, revision=revision, ignore_patterns=[rundir.MARKER],
                               commit_message=f"sft: upload {os.path.basename(os.path.abspath(output_dir))}")
         except Exception as e:
             raise PublishError(f"upload to {repo_id!r} failed ({type(e).__name__}: {str(e).splitlines()[0][:160]})",

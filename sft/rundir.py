@@ -126,17 +126,73 @@ def create(out: str) -> None:
     try:
         os.makedirs(out, exist_ok=True)
         if not os.path.exists(os.path.join(out, MARKER)):
-            write_json_atomic(os.path.join(out, MARKER), {"created_by": "sft", "created": time.time()})
+            write_json_atomic(os.path.join(out, MARKER), {"created_by": "sft", "kind": "run", "created": time.time()})
     except OSError as e:
         raise TrainError(f"cannot create output_dir ({e.strerror})", file=out, field="train.output_dir",
                          fix="choose a folder you can write to") from e
 
 
-def clear(out: str, *, keep: tuple[str, ...] = (MARKER, LOCK)) -> list[str]:
+def marked_kind(folder: str) -> str | None:
+    """What sft made this folder for (run, export, stage, eval), from its marker; None: not sft's."""
+    path = os.path.join(folder, MARKER)
+    if not os.path.exists(path):
+        return None
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return "run"
+    return data.get("kind", "run") if isinstance(data, dict) else "run"
+
+
+def claim(folder: str, *, kind: str, field: str, error=TrainError, src: str | None = None,
+          fresh: bool = False) -> None:
+    """The one rule for every folder sft writes besides a run's output_dir (`--out`, `--to-dir`, export and serve
+    scratch): it must be new, empty, or marked as sft's own (`.sft-run`); a folder holding anything sft did not
+    write is refused in one line. `fresh` (a re-stage, a re-export) first removes sft's own earlier files from a
+    folder sft made for the same `kind`, and nothing else. `src`: the folder read from, which must not contain
+    or sit inside `folder`. The folder is created and marked."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise error(f"{field} is a file, not a folder", file=folder, field=field, fix="choose a folder path")
+    if src is not None:
+        a, b = _real(src), _real(folder)
+        if a == b or b.startswith(a.rstrip(os.sep) + os.sep) or a.startswith(b.rstrip(os.sep) + os.sep):
+            raise error(f"{field} must be a folder outside the input folder", file=folder, field=field,
+                        fix="choose a new folder, e.g. outputs/merged")
+    reason = forbidden_reason(folder, None)
+    if reason:
+        raise error(f"refusing to write into this folder: {reason}", file=folder, field=field,
+                    fix="choose a new folder")
+    entries = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    if entries:
+        have = marked_kind(folder)
+        if have is None:
+            raise error(f"{field} already holds files that sft did not write ({', '.join(entries[:3])}"
+                        f"{', ...' if len(entries) > 3 else ''})", file=folder, field=field,
+                        fix="choose a new or empty folder (sft never replaces files it did not write)")
+        if fresh:
+            if have != kind:
+                raise error(f"{field} holds an sft {have} folder, not an earlier {kind}", file=folder, field=field,
+                            fix="choose a new or empty folder")
+            foreign = foreign_files(folder)
+            if foreign:
+                raise error(f"{field} holds files sft did not write ({', '.join(foreign[:3])})", file=folder,
+                            field=field, fix="move those files away, or choose a new folder")
+            clear(folder, field=field, error=error)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        if not os.path.exists(os.path.join(folder, MARKER)):
+            write_json_atomic(os.path.join(folder, MARKER), {"created_by": "sft", "kind": kind,
+                                                              "created": time.time()})
+    except OSError as e:
+        raise error(f"cannot create {field} ({e.strerror})", file=folder, field=field,
+                    fix="choose a folder you can write to") from e
+
+
+def clear(out: str, *, keep: tuple[str, ...] = (MARKER, LOCK), field: str = "train.output_dir",
+          error=TrainError) -> list[str]:
     """Remove sft's own files from a marked run directory (never anything else). Returns what was removed."""
     if not os.path.exists(os.path.join(out, MARKER)):
-        raise TrainError("not an sft run directory (no .sft-run marker): nothing removed", file=out,
-                         field="train.output_dir")
+        raise error("not an sft run directory (no .sft-run marker): nothing removed", file=out, field=field)
     removed = []
     for name in sorted(os.listdir(out)):
         if name in keep or not is_own(name):

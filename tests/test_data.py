@@ -202,7 +202,7 @@ def test_e2e_column_mapping_and_missing_columns():
     assert s.per_source["devset"]["format"] == "columns" and s.per_source["devset"]["rows"] == 4672
     rec = s.train[0]["messages"]
     assert rec[0]["content"].startswith("name[") and rec[-1]["role"] == "assistant"
-    with pytest.raises(DataError, match=r"mapped column\(s\) \['meaning'\] not in the data; columns found: \['mr', 'ref'\]"):
+    with pytest.raises(DataError, match=r"mapped column 'meaning' is not in the data; columns found: \['mr', 'ref'\]"):
         load_splits(data_cfg({"path": path, "columns": {"prompt": "meaning", "completion": "ref"}}))
 
 

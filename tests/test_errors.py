@@ -98,7 +98,7 @@ BAD_DATA = [
     ({"path": f"{FIXTURES}/truncated.jsonl"}, "line 3: invalid JSON"),
     ({"path": f"{FIXTURES}/pairs.csv"}, "cannot detect the data format from columns ['answer', 'question', 'topic']"),
     ({"path": f"{FIXTURES}/pairs.csv", "columns": {"prompt": "q", "completion": "answer"}},
-     "mapped column(s) ['q'] not in the data; columns found: ['answer', 'question', 'topic']"),
+     "mapped column 'q' is not in the data; columns found: ['answer', 'question', 'topic']"),
     ({"path": f"{FIXTURES}/pairs.csv", "format": "alpacca"}, "unknown format 'alpacca' (fix: did you mean 'alpaca'?)"),
     ({"path": f"{FIXTURES}/pairs.csv", "format": "alpaca"}, "format 'alpaca' needs column(s) ['instruction', 'output']"),
     ({"path": "someone/some-dataset"}, "cannot load Hub dataset 'someone/some-dataset' split 'train': the Hub is unreachable"),

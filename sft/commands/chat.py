@@ -75,7 +75,7 @@ def chat(model_dir: str, *, compare: str | None = None, gen: dict | None = None,
     from ..modeling import load_for_inference, resolve_model_dir
     from ..data.clean import normalise_text
 
-    stdin = stdin or sys.stdin
+    stdin = stdin or getattr(sys.stdin, "buffer", sys.stdin)  # bytes: a bad line is skipped, not fatal
     use = load_use(model_dir, raw=raw)
     recipe = use.recipe
     g = generation_settings(recipe, gen or {})
@@ -96,7 +96,19 @@ def chat(model_dir: str, *, compare: str | None = None, gen: dict | None = None,
     while True:
         if interactive:
             print("you> ", end="", flush=True)
-        line = stdin.readline()
+        try:
+            line = stdin.readline()
+        except UnicodeDecodeError as e:  # text-mode stdin that is not UTF-8: say so and go on with the next line
+            print(f"sft chat: skipped a line of stdin that is not UTF-8 text ({e.reason})", file=sys.stderr,
+                  flush=True)
+            continue
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                print(f"sft chat: skipped a line of stdin that is not UTF-8 text (byte {line[e.start]:#04x} at "
+                      f"offset {e.start})", file=sys.stderr, flush=True)
+                continue
         if not line:
             break
         text = line.strip()

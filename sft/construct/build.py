@@ -76,16 +76,53 @@ def _fields(fmt: str) -> set[str]:
     return {f for _, f, _, _ in string.Formatter().parse(fmt) if f}
 
 
+def _check_template(fmt, field: str, file: str) -> None:
+    """A phrasing / input / output template is a format string of plain {name} fields: anything else (an
+    unclosed brace, a positional {0}, attribute or index access such as {x.y} or {x[0]}) is refused in one line."""
+    if not isinstance(fmt, str):
+        raise RecipeError(f"a template must be text, got {type(fmt).__name__}", file=file, field=field,
+                          fix="quote it as a string")
+    try:
+        parts = list(string.Formatter().parse(fmt))
+    except ValueError as e:
+        raise RecipeError(f"template {fmt[:60]!r} does not format ({e})", file=file, field=field,
+                          fix="write fields as {name}; a literal brace as {{ or }}") from None
+    for _, f, spec, _ in parts:
+        if f is None:
+            continue
+        if not f.isidentifier() or "{" in (spec or ""):
+            raise RecipeError(f"template field {{{f}}} is not a plain name", file=file, field=field,
+                              fix="use {name} fields that the rows define (no positions, '.', '[' or nested fields)")
+
+
 def template_task(task: dict, rng: random.Random, file: str) -> list[dict]:
     """Phrasings x rows, sampled to exactly per_task rows (balanced), plus negatives at a ratio."""
     name = task.get("name")
     for key in ("name", "instructions", "output", "rows"):
         if not task.get(key):
             raise RecipeError(f"template task needs '{key}'", file=file, field=f"tasks.{name or '?'}.{key}")
-    per_task = int(task.get("per_task", 100))
+    per_task = task.get("per_task", 100)
     negatives = task.get("negatives") or {}
-    n_neg = round(per_task * float(negatives.get("ratio", 0.0)))
+    try:
+        per_task = int(per_task)
+        if per_task < 1 or not isinstance(negatives, dict):
+            raise ValueError
+        ratio = float(negatives.get("ratio", 0.0))
+        if not 0 <= ratio <= 1:
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        raise RecipeError(f"per_task must be a whole number >= 1 and negatives a mapping with a ratio in [0, 1] "
+                          f"(got per_task {task.get('per_task', 100)!r})", file=file, field=f"tasks.{name}") from None
+    n_neg = round(per_task * ratio)
     n_pos = per_task - n_neg
+    if not isinstance(task["instructions"], list):
+        raise RecipeError("instructions must be a list of phrasings", file=file, field=f"tasks.{name}.instructions")
+    for i, p in enumerate(task["instructions"]):
+        _check_template(p, f"tasks.{name}.instructions.{i}", file)
+    _check_template(task.get("input", ""), f"tasks.{name}.input", file)
+    _check_template(task["output"], f"tasks.{name}.output", file)
+    if not isinstance(task["rows"], list) or not all(isinstance(r, dict) for r in task["rows"]):
+        raise RecipeError("rows must be a list of mappings (field: value)", file=file, field=f"tasks.{name}.rows")
     for i, row in enumerate(task["rows"]):
         missing = (set().union(*(_fields(p) for p in task["instructions"])) | _fields(task.get("input", ""))
                    | _fields(task["output"])) - set(row)
@@ -100,6 +137,13 @@ def template_task(task: dict, rng: random.Random, file: str) -> list[dict]:
         rows = negatives.get("rows") or []
         if not rows or not negatives.get("output"):
             raise RecipeError("negatives need 'rows' and 'output'", file=file, field=f"tasks.{name}.negatives")
+        _check_template(negatives["output"], f"tasks.{name}.negatives.output", file)
+        need = set().union(*(_fields(p) for p in task["instructions"])) | _fields(task.get("input", "")) \
+            | _fields(negatives["output"])
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict) or need - set(row):
+                raise RecipeError(f"negative row {i} lacks {sorted(need - set(row)) if isinstance(row, dict) else need}",
+                                  file=file, field=f"tasks.{name}.negatives.rows")
         combos = list(itertools.product(task["instructions"], rows))
         rng.shuffle(combos)
         for p, r in (combos * (n_neg // len(combos) + 1))[:n_neg]:

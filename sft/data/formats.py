@@ -207,11 +207,33 @@ def detect_format(rows: list[dict], *, file: str, field: str) -> str:
                         "format: columns with columns: {prompt: COL, completion: COL}")
 
 
-def check_columns(fmt: str, rows: list[dict], columns: dict, *, file: str, field: str) -> None:
+def _check_mapped(rows: list[dict], columns: dict, task_column: str | None, *, file: str, field: str) -> None:
+    """Every column a mapping names (columns: values, task_column) is in the data: a misspelt name would
+    otherwise label or fill every row with a default. Searched over all `rows` (sparse columns count)."""
+    import difflib
+
+    wanted = [(f"{field}.columns.{k}", v) for k, v in columns.items()] + \
+        ([(f"{field}.task_column", task_column)] if task_column else [])
+    if not wanted:
+        return
+    have: set = set()
+    for r in rows:
+        have.update(r)
+    found = sorted(have, key=str)
+    for where, col in wanted:
+        if col not in have:
+            close = difflib.get_close_matches(str(col), [str(c) for c in found], n=1)
+            raise DataError(f"mapped column {col!r} is not in the data; columns found: {found}", file=file,
+                            field=where, fix=f"did you mean {close[0]!r}?" if close else "map an existing column")
+
+
+def check_columns(fmt: str, rows: list[dict], columns: dict, *, file: str, field: str,
+                  task_column: str | None = None) -> None:
     """Fail early, listing the columns found, when mapped/required columns are absent from the data."""
     if not rows:
         return
     found = sorted({k for r in rows[:50] for k in r})
+    _check_mapped(rows, columns, task_column, file=file, field=field)
     if fmt == "columns":
         if not columns.get("completion"):
             raise DataError("format: columns needs columns.completion (and usually columns.prompt)", file=file,
@@ -220,23 +242,28 @@ def check_columns(fmt: str, rows: list[dict], columns: dict, *, file: str, field
         if unknown_keys:
             raise DataError(f"unknown mapping key(s) {sorted(unknown_keys)}", file=file, field=f"{field}.columns",
                             fix="map prompt, completion, input, system or task")
-        missing = [c for k, c in columns.items() if c not in found]
-        if missing:
-            raise DataError(f"mapped column(s) {missing} not in the data; columns found: {found}", file=file,
-                            field=f"{field}.columns", fix="map to existing column names")
         return
     if fmt == "text" and columns:
         if set(columns) != {"text"}:
             raise DataError(f"format: text maps only the text column, got {sorted(columns)}", file=file,
                             field=f"{field}.columns", fix="e.g. columns: {text: output}")
-        if columns["text"] not in found:
-            raise DataError(f"mapped column {columns['text']!r} not in the data; columns found: {found}", file=file,
-                            field=f"{field}.columns", fix="map text to an existing column name")
         return
     missing = [c for c in FORMATS[fmt].required if c not in found]
     if missing:
         raise DataError(f"format {fmt!r} needs column(s) {missing}; columns found: {found}", file=file,
                         field=f"{field}.format", fix="choose the right format or use format: columns")
+
+
+def _check_unicode(msgs: list[dict]) -> None:
+    """Text that is not valid Unicode (a lone surrogate such as a JSON "\\ud800" escape) cannot be tokenised or
+    written: the row is dropped and counted, not an internal error later."""
+    for m in msgs:
+        for v in m.values():
+            if isinstance(v, str) and not v.isascii():
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise BadRow("text is not valid Unicode (a lone surrogate)") from None
 
 
 def convert_rows(fmt: str, rows: list[dict], columns: dict) -> tuple[list[tuple[list[dict], dict]], dict]:
@@ -246,6 +273,7 @@ def convert_rows(fmt: str, rows: list[dict], columns: dict) -> tuple[list[tuple[
     for row in rows:
         try:
             for msgs in conv(row, columns):
+                _check_unicode(msgs)
                 out.append((msgs, row))
         except BadRow as e:
             drops[str(e)] = drops.get(str(e), 0) + 1

@@ -104,7 +104,7 @@ def source_format(src: SourceConfig, sample: list[dict], field_name: str, recipe
         close = difflib.get_close_matches(fmt, list(formats.FORMATS), n=1)
         raise DataError(f"unknown format {fmt!r}", file=recipe_file, field=f"{field_name}.format",
                         fix=f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(formats.FORMATS)}")
-    formats.check_columns(fmt, sample, src.columns, file=src.path, field=field_name)
+    formats.check_columns(fmt, sample, src.columns, file=src.path, field=field_name, task_column=src.task_column)
     return fmt
 
 

@@ -115,6 +115,7 @@ def _read_csv(path: str, field: str) -> list[dict]:
         if not reader.fieldnames:
             raise DataError("CSV file has no header row", file=path, field=field,
                             fix="add a header naming the columns")
+        _check_header(reader.fieldnames, path, field)
         rows = []
         for r in reader:
             if _EXTRA in r:
@@ -129,6 +130,32 @@ def _read_csv(path: str, field: str) -> list[dict]:
 
 
 _EXTRA = "\x00extra"
+
+
+def _check_header(names: list[str], path: str, field: str) -> None:
+    """Two columns of one name would silently keep only the last (csv) or be renamed (pandas)."""
+    seen, dup = set(), []
+    for n in names:
+        if n in seen and n not in dup:
+            dup.append(n)
+        seen.add(n)
+    if dup:
+        raise DataError(f"CSV header names column(s) {dup} more than once", file=path, field=field,
+                        fix="give every column its own name")
+
+
+def check_csv_header(path: str, field: str) -> None:
+    """The header of a CSV file read by the streaming reader (which reads the rows itself)."""
+    import gzip
+
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:
+            header = next(csv.reader(fh), None)
+    except (OSError, UnicodeDecodeError, csv.Error, EOFError):
+        return  # the reader reports unreadable files itself
+    if header:
+        _check_header(header, path, field)
 
 
 def _parquet_chunks(path: str, field: str, size: int = CHUNK) -> Iterator[list[dict]]:
@@ -173,8 +200,9 @@ def local_files(path: str, split: str | None = "train", *, streaming: bool = Fal
     resolver for reading, streaming and fingerprinting a source.
       prepared (default): a file; a glob; a `sft build-data` folder's {split}.jsonl (split None: every data
         file of the folder); else the folder's .json/.jsonl/.csv/.parquet files
-      streaming: the same, but a glob's `**` and a folder reach into subfolders, .gz files count, and a folder's
-        files are all streamed (no build-data rule)"""
+      streaming: the same, but a folder reaches into subfolders, .gz files count, and a folder's files are all
+        streamed (no build-data rule)
+    A glob's `**` matches any number of folders in both."""
     if path.startswith("builtin:"):
         return None
     expanded = os.path.expanduser(path)
@@ -184,7 +212,8 @@ def local_files(path: str, split: str | None = "train", *, streaming: bool = Fal
         exts = STREAM_EXTS if streaming else LOCAL_EXTS
         return files or sorted(f for f in glob.glob(pattern, recursive=streaming) if file_ext(f) in exts)
     if is_local_path(path):
-        return sorted(glob.glob(expanded, recursive=streaming)) if any(c in path for c in "*?[") else [expanded]
+        # one glob rule for prepared and streamed sources: `**` matches any number of folders
+        return sorted(glob.glob(expanded, recursive=True)) if any(c in path for c in "*?[") else [expanded]
     return None
 
 

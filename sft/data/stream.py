@@ -39,6 +39,9 @@ def _files(src: SourceConfig, field: str) -> list[str]:
     if len(kinds) > 1:
         raise DataError(f"mixed file types in one source ({', '.join(sorted(kinds))})", file=src.path, field=field,
                         fix="give each file type its own source")
+    if kinds == {"csv"}:
+        for f in files:
+            sources.check_csv_header(f, field)
     return files
 
 

@@ -322,6 +322,8 @@ def evaluate_target(target: str, overrides: list[str], *, split: str = "eval", m
         raise EvalError(f"--max-samples must be at least 1 (got {max_samples})", field="--max-samples")
     if split not in ("eval", "validation", "test", "train"):
         raise EvalError(f"unknown split {split!r}", field="--split", fix="use eval, test or train")
+    if out is not None and os.path.realpath(out) != os.path.realpath(target):
+        rundir.claim(out, kind="eval", field="--out", error=EvalError)  # the one rule for folders sft writes
     if os.path.isdir(target):
         recipe_path = os.path.join(target, rundir.RECIPE)
         if not os.path.exists(recipe_path):
@@ -341,8 +343,6 @@ def evaluate_target(target: str, overrides: list[str], *, split: str = "eval", m
         model = load_model(recipe, tokenizer, arch)
         out = out or os.path.join(recipe.train.output_dir, "eval-base")
         model_path = recipe.model.name
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise EvalError("--out is a file, not a folder", file=out, field="--out")
     if max_samples is not None:
         recipe.eval.max_samples = max_samples
     if not records:
