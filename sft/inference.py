@@ -197,6 +197,8 @@ def _read_inputs(path: str) -> list[dict]:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
                 raise DataError(f"line {lineno}: invalid JSON ({e.msg})", file=path, field="--input") from e
+            except RecursionError:
+                raise DataError(f"line {lineno}: JSON nested too deeply to read", file=path, field="--input") from None
     return rows
 
 

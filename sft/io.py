@@ -56,14 +56,43 @@ def safe_name(name: str, *, file: str | None, field: str) -> str:
     return name
 
 
-def read_yaml(path: str, what: str = "file"):
-    """yaml.safe_load with one-line errors; a key given twice in one mapping is an error, not last-wins."""
+MAX_YAML_ALIASES = 1_000  # alias references in one YAML file (a recipe uses a handful, if any)
+MAX_YAML_DEPTH = 100  # nesting levels (PyYAML composes recursively: 5,000 levels is a RecursionError)
+MAX_YAML_NODES = 1_000_000  # nodes once aliases are expanded (a billion-laughs file has 10**9)
+
+
+def _yaml_loader(path: str):
+    """yaml.SafeLoader with one-line errors: a key given twice in one mapping is an error, not last-wins; alias
+    references are counted and the expanded size measured before anything is built (no alias bombs)."""
     import yaml
 
     from .errors import RecipeError
 
     class _Loader(yaml.SafeLoader):
-        pass
+        aliases = 0
+
+        def compose_node(self, parent, index):
+            self.depth = getattr(self, "depth", 0) + 1
+            try:
+                if self.depth > MAX_YAML_DEPTH:
+                    mark = self.peek_event().start_mark
+                    raise RecipeError(f"line {mark.line + 1}: values nested more than {MAX_YAML_DEPTH} levels deep",
+                                      file=path, fix="flatten the structure")
+                return self._compose(parent, index)
+            finally:
+                self.depth -= 1
+
+        def _compose(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                self.aliases += 1
+                if self.aliases > MAX_YAML_ALIASES:
+                    raise RecipeError(f"more than {MAX_YAML_ALIASES} alias references (*name)", file=path,
+                                      fix="write the values out, or use fewer anchors")
+            return super().compose_node(parent, index)
+
+        def construct_document(self, node):
+            _check_expanded(node, path)
+            return super().construct_document(node)
 
     def _mapping(loader, node, deep=False):
         seen = {}
@@ -82,6 +111,69 @@ def read_yaml(path: str, what: str = "file"):
         return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
     _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+    return _Loader
+
+
+def _check_expanded(root, path: str) -> None:
+    """The node count of the document with every alias expanded, computed once per distinct node (aliases share
+    nodes), without recursion; a self-referencing anchor is refused."""
+    import yaml
+
+    from .errors import RecipeError
+
+    size: dict[int, int] = {}
+    open_: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            kids = _children(node)
+            size[key] = 1 + sum(size[id(k)] for k in kids)
+            open_.discard(key)
+            if size[key] > MAX_YAML_NODES:
+                raise RecipeError(f"the document expands to more than {MAX_YAML_NODES:,} values (aliases of "
+                                  "aliases?)", file=path, fix="write the values out, or use fewer nested aliases")
+            continue
+        if key in size:
+            continue
+        if key in open_:
+            raise RecipeError("an anchor refers to itself (a recursive alias)", file=path,
+                              fix="remove the self-reference")
+        open_.add(key)
+        stack.append((node, True))
+        for k in _children(node):
+            if id(k) in open_:
+                raise RecipeError("an anchor refers to itself (a recursive alias)", file=path,
+                                  fix="remove the self-reference")
+            if id(k) not in size:
+                stack.append((k, False))
+
+
+def _children(node) -> list:
+    import yaml
+
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def load_yaml_text(text: str, where: str):
+    """A YAML value given as text (a command-line override), with read_yaml's limits."""
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_loader(where))
+
+
+def read_yaml(path: str, what: str = "file"):
+    """Load a YAML file (see _yaml_loader) with one-line errors."""
+    import yaml
+
+    from .errors import RecipeError
+
+    _Loader = _yaml_loader(path)
     if not os.path.exists(path):
         raise RecipeError(f"{what} not found", file=path, fix="check the path")
     if os.path.isdir(path):

@@ -422,8 +422,10 @@ def _override_value(raw: str) -> Any:
         return ""
     if "{{" in raw or "{%" in raw:
         return raw
+    from .io import load_yaml_text
+
     try:
-        return yaml.safe_load(raw)
+        return load_yaml_text(raw, "command line")
     except yaml.YAMLError:
         return raw
 

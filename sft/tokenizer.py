@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 
 from .errors import ModelError
 
@@ -47,6 +48,18 @@ def digit_splitter(digits: int):
     return pre_tokenizers.Split(Regex(pattern), behavior="isolated")
 
 
+LONG_WORD = 64  # characters: an unbroken run longer than this reaches the BPE trainer in pieces of this size
+_LONG_WORD = re.compile(r"\S{%d,}" % (LONG_WORD + 1))
+
+
+def _break_long_words(text: str) -> str:
+    """The BPE trainer's time grows with the square of a word's length (a 1 MB token without a space took
+    minutes); a word past LONG_WORD characters is learnt from as pieces. Ordinary text is unchanged."""
+    if len(text) <= LONG_WORD:
+        return text
+    return _LONG_WORD.sub(lambda m: " ".join(m[0][i:i + LONG_WORD] for i in range(0, len(m[0]), LONG_WORD)), text)
+
+
 def build_tokenizer(kind: str, texts: list[str], *, vocab_size: int, arch: str, markers: tuple[str, ...] = (),
                     digits: int = 1):
     """Train (or load from cache) a byte-level BPE on `texts`; kind 'byte' keeps only the 256 bytes.
@@ -57,6 +70,7 @@ def build_tokenizer(kind: str, texts: list[str], *, vocab_size: int, arch: str, 
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    texts = [_break_long_words(t) for t in texts]
     special = _special(arch)
     specials = [special["pad_token"], special["eos_token"], special["unk_token"]]
     specials += [m for m in dict.fromkeys(markers) if m not in specials]

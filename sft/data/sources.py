@@ -57,7 +57,7 @@ def _read_jsonl(path: str, field: str, text: str | None = None) -> list[dict]:
     if text.lstrip().startswith("["):  # a JSON array saved as .jsonl: read it as the JSON it is
         try:
             data = json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             data = None
         if isinstance(data, list):
             return _rows_of(data, path, field)
@@ -69,6 +69,9 @@ def _read_jsonl(path: str, field: str, text: str | None = None) -> list[dict]:
             continue
         try:
             row = json.loads(line)
+        except RecursionError:
+            raise DataError(f"line {lineno}: JSON nested too deeply to read", file=path, field=field,
+                            fix="flatten that line") from None
         except json.JSONDecodeError as e:
             raise DataError(f"line {lineno}: invalid JSON ({e.msg} at column {e.colno})", file=path, field=field,
                             fix="repair or delete that line (is the file truncated?)") from e
@@ -91,6 +94,8 @@ def _read_json(path: str, field: str) -> list[dict]:
     text = _read_text(path, field)
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise DataError("JSON nested too deeply to read", file=path, field=field, fix="flatten the data") from None
     except json.JSONDecodeError as e:
         if e.msg.startswith("Extra data"):  # JSON lines saved as .json
             return _read_jsonl(path, field, text)
