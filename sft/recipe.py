@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -473,6 +474,39 @@ def _set_dotted(tree: dict, dotted: str, raw: str, file: str) -> None:
         node[last] = value
 
 
+_VAR = re.compile(r"\$(\w+|\{[^}]*\})")
+
+
+def expand_path(value: str, *, file: str | None, field: str) -> str:
+    """`~` and `$VAR` / `${VAR}` in a path, expanded one way for every path sft reads or writes; a variable that is
+    not set is refused (the literal text would become a folder named `$VAR`)."""
+    if not isinstance(value, str) or ("~" not in value and "$" not in value):
+        return value
+    for m in _VAR.finditer(value):
+        name = m[1].strip("{}")
+        if not name or name not in os.environ:
+            raise RecipeError(f"{value!r} uses ${name or '{}'}, which is not set", file=file, field=field,
+                              fix=f"export {name or 'VAR'}=... before running, or write the path out")
+    return os.path.expanduser(os.path.expandvars(value))
+
+
+def _expand_paths(r: Recipe) -> None:
+    """The recipe's path fields, expanded once (see expand_path): the run writes and reads one place."""
+    def local(v: str) -> bool:
+        return isinstance(v, str) and v.startswith(("~", "$"))
+
+    r.train.output_dir = expand_path(r.train.output_dir, file=r.path, field="train.output_dir")
+    for key in ("sources", "eval_sources"):
+        for i, src in enumerate(getattr(r.data, key)):
+            src.path = expand_path(src.path, file=r.path, field=f"data.{key}.{i}.path")
+    for obj, attr, field_name in ((r.data, "chat_template_path", "data.chat_template_path"),
+                                  (r.data, "cache_dir", "data.cache_dir"), (r.data, "template", "data.template"),
+                                  (r.model, "name", "model.name"), (r.model, "tokenizer", "model.tokenizer")):
+        value = getattr(obj, attr)
+        if value and (attr in ("chat_template_path", "cache_dir") or local(value)):
+            setattr(obj, attr, expand_path(value, file=r.path, field=field_name))
+
+
 def _validate_combinations(r: Recipe) -> None:
     file = r.path
     if r.quantization.load_in_4bit and r.quantization.load_in_8bit:
@@ -627,6 +661,7 @@ def recipe_from_dict(data: dict, *, path: str = "<recipe>", overrides: list[str]
         _set_dotted(data, key.strip(), raw, path)
     recipe = _build(Recipe, data, "", path)
     recipe.path = path
+    _expand_paths(recipe)
     _validate_combinations(recipe)
     return recipe
 

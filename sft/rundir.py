@@ -81,9 +81,16 @@ def forbidden_reason(out: str, recipe_path: str | None) -> str | None:
         return "it is your home folder"
     if cwd == real or cwd.startswith(real.rstrip(os.sep) + os.sep):
         return "it is the current folder or one above it"
-    if recipe_path and os.path.exists(recipe_path) and _real(os.path.dirname(os.path.abspath(recipe_path))) == real:
+    if recipe_path and os.path.exists(recipe_path) and _real(os.path.dirname(os.path.abspath(recipe_path))) == real \
+            and not is_saved_recipe(recipe_path, out):
         return "it is the folder of the recipe itself"
     return None
+
+
+def is_saved_recipe(recipe_path: str, out: str) -> bool:
+    """The recipe is the one sft saved in this run folder (`sft train RUN/recipe.yaml --resume` continues it)."""
+    return (os.path.basename(recipe_path) == RECIPE and os.path.exists(os.path.join(out, MARKER))
+            and _real(os.path.dirname(os.path.abspath(recipe_path))) == _real(out))
 
 
 def foreign_files(out: str) -> list[str]:

@@ -42,13 +42,34 @@ def _checkpoints(out: str) -> list[str]:
     return sorted(cks, key=_step)
 
 
-def _complete(checkpoint: str) -> bool:
-    """transformers writes trainer_state.json last: a checkpoint without a readable one was cut off."""
+# What a checkpoint needs for a resume to equal an uninterrupted run: each part, and the names transformers
+# (plain, sharded, FSDP, per-rank RNG) saves it under.
+CHECKPOINT_PARTS = {
+    "weights": ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
+                "pytorch_model.bin", "pytorch_model_fsdp_0"),
+    "optimizer state": ("optimizer.pt", "optimizer.bin", "optimizer_0"),
+    "scheduler state": ("scheduler.pt",),
+    "RNG state": ("rng_state.pth", "rng_state_0.pth"),
+}
+
+
+def missing_parts(checkpoint: str) -> list[str]:
+    """What a checkpoint lacks (empty: complete). transformers writes trainer_state.json last, so a checkpoint
+    without a readable one was cut off while saving."""
+    try:
+        names = set(os.listdir(checkpoint))
+    except OSError:
+        return ["everything"]
+    missing = [part for part, files in CHECKPOINT_PARTS.items() if not names & set(files)]
     try:
         read_json(os.path.join(checkpoint, "trainer_state.json"))
-        return True
     except (OSError, ValueError):
-        return False
+        missing.append("trainer state")
+    return missing
+
+
+def _complete(checkpoint: str) -> bool:
+    return not missing_parts(checkpoint)
 
 
 def check_output_dir(recipe: Recipe, *, resume: bool, overwrite: bool) -> str | None:
@@ -67,15 +88,18 @@ def check_output_dir(recipe: Recipe, *, resume: bool, overwrite: bool) -> str | 
                              fix="choose another train.output_dir, or pass --overwrite to replace that run")
     cks = _checkpoints(out)
     if resume:
-        complete = [c for c in cks if _complete(c)]
+        lacking = {c: missing_parts(c) for c in cks}
+        complete = [c for c in cks if not lacking[c]]
         if not complete:
-            raise TrainError("nothing to resume: no complete checkpoint-* in output_dir", file=out,
-                             field="train.output_dir", fix="run without --resume to start training")
+            detail = f" ({os.path.basename(cks[-1])} lacks its {', '.join(lacking[cks[-1]])})" if cks else ""
+            raise TrainError(f"nothing to resume: no complete checkpoint-* in output_dir{detail}", file=out,
+                             field="train.output_dir", fix="run without --resume (or --overwrite) to start training")
         for c in cks:
-            if c not in complete and rank() == 0:
-                print(f"[sft] skipping incomplete {os.path.basename(c)} (interrupted while saving)", flush=True)
-                if _step(c) > _step(complete[-1]):
-                    shutil.rmtree(c, ignore_errors=True)  # would be overwritten by the resumed run anyway
+            if lacking[c] and _step(c) > _step(complete[-1]) and rank() == 0:
+                print(f"[sft] skipping incomplete {os.path.basename(c)} (no {', '.join(lacking[c])}); resuming "
+                      f"from {os.path.basename(complete[-1])}", flush=True)
+                if "trainer state" in lacking[c]:  # cut off while saving: the resumed run writes that step again
+                    shutil.rmtree(c, ignore_errors=True)
         return complete[-1]
     if cks and not overwrite:
         raise TrainError(f"output_dir has checkpoints of an unfinished or earlier run ({os.path.basename(cks[-1])})",
@@ -237,11 +261,7 @@ def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -
     run = RunContext.build(recipe)  # device, precision, rank, family: decided once, switches checked here
     arch, precision, on_gpu = run.arch, run.precision, run.on_gpu
     say(f"precision: {precision.mode} ({precision.reason})")
-    ctx = run.context_length
-    if ctx is not None and recipe.data.max_length > ctx:
-        raise TrainError(f"data.max_length={recipe.data.max_length} is longer than the model's context ({ctx} "
-                         "tokens)", file=recipe.path, field="data.max_length",
-                         fix=f"set data.max_length <= {ctx}")
+    run.preflight()  # lengths, LoRA names (on a weightless skeleton), Hub credentials: before any data is read
 
     say(f"loading data ({len(recipe.data.sources)} source(s))")
     prep = prepare_data(recipe, arch)
