@@ -63,8 +63,16 @@ class RunDir:
         return os.path.join(self.root, name)
 
 
-def is_own(name: str) -> bool:
-    return name in OWN_FILES or any(p.fullmatch(name) for p in OWN_PATTERNS)
+# What sft writes into a folder of one kind beyond OWN_FILES (`sft build-data --out`: the splits and their card).
+KIND_FILES = {"data": {f"{s}.{e}" for s in ("train", "validation", "test") for e in ("jsonl", "parquet")}
+              | {"DATACARD.md", "build_report.json", "self_instruct"}}
+
+
+KIND_KEEP = {"data": ("self_instruct",)}  # kept on a rebuild: Self-Instruct resumes from its own progress there
+
+
+def is_own(name: str, kind: str | None = None) -> bool:
+    return name in OWN_FILES or any(p.fullmatch(name) for p in OWN_PATTERNS) or name in KIND_FILES.get(kind, ())
 
 
 def _real(path: str) -> str:
@@ -93,8 +101,8 @@ def is_saved_recipe(recipe_path: str, out: str) -> bool:
             and _real(os.path.dirname(os.path.abspath(recipe_path))) == _real(out))
 
 
-def foreign_files(out: str) -> list[str]:
-    return sorted(f for f in os.listdir(out) if not is_own(f))
+def foreign_files(out: str, kind: str | None = None) -> list[str]:
+    return sorted(f for f in os.listdir(out) if not is_own(f, kind))
 
 
 def check_usable(out: str, recipe_path: str | None, *, overwrite: bool) -> None:
@@ -180,11 +188,11 @@ def claim(folder: str, *, kind: str, field: str, error=TrainError, src: str | No
             if have != kind:
                 raise error(f"{field} holds an sft {have} folder, not an earlier {kind}", file=folder, field=field,
                             fix="choose a new or empty folder")
-            foreign = foreign_files(folder)
+            foreign = foreign_files(folder, kind)
             if foreign:
                 raise error(f"{field} holds files sft did not write ({', '.join(foreign[:3])})", file=folder,
                             field=field, fix="move those files away, or choose a new folder")
-            clear(folder, field=field, error=error)
+            clear(folder, field=field, error=error, kind=kind, keep=(MARKER, LOCK) + KIND_KEEP.get(kind, ()))
     try:
         os.makedirs(folder, exist_ok=True)
         if not os.path.exists(os.path.join(folder, MARKER)):
@@ -196,13 +204,13 @@ def claim(folder: str, *, kind: str, field: str, error=TrainError, src: str | No
 
 
 def clear(out: str, *, keep: tuple[str, ...] = (MARKER, LOCK), field: str = "train.output_dir",
-          error=TrainError) -> list[str]:
+          error=TrainError, kind: str | None = None) -> list[str]:
     """Remove sft's own files from a marked run directory (never anything else). Returns what was removed."""
     if not os.path.exists(os.path.join(out, MARKER)):
         raise error("not an sft run directory (no .sft-run marker): nothing removed", file=out, field=field)
     removed = []
     for name in sorted(os.listdir(out)):
-        if name in keep or not is_own(name):
+        if name in keep or not is_own(name, kind):
             continue
         path = os.path.join(out, name)
         if os.path.isdir(path) and not os.path.islink(path):

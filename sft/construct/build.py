@@ -340,7 +340,10 @@ def build_data(spec_path: str, out: str) -> dict:
 
     spec = load_spec(spec_path)
     spec["_path"] = spec_path
-    os.makedirs(out, exist_ok=True)
+    from .. import rundir
+
+    # the one rule for folders sft writes: new, empty or an earlier build-data output (whose files are replaced)
+    rundir.claim(out, kind="data", field="--out", error=DataError, fresh=True)
     records, si_stats, licences = generate_records(spec, out)
     if not records:
         raise DataError(f"the spec produced no records: {_why_empty(spec, si_stats)}", file=spec_path,
