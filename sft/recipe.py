@@ -62,7 +62,7 @@ class SourceConfig:
     path: str = _f(help="Hub dataset id, local file / glob (json, jsonl, csv, parquet), or builtin:synthetic.")
     format: str = _f("auto", help="alpaca, sharegpt, messages, prompt-completion, text, self-instruct, columns, "
                      "or auto (detected from the first rows).")
-    columns: dict = _f(help="For format: columns, map prompt/input/completion/system/task to column names; for format: text, {text: COL}.",
+    columns: dict[str, str] = _f(help="For format: columns, map prompt/input/completion/system/task to column names; for format: text, {text: COL}.",
                        factory=dict)
     split: str = _f("train", help="Split to read (Hub datasets, build-data directories).")
     subset: str | None = _f(None, help="Hub dataset configuration name.")
@@ -72,7 +72,7 @@ class SourceConfig:
     task: str | None = _f(None, help="Task label for every row of this source (default: a `task` column, else "
                           "the source's name).")
     task_column: str | None = _f(None, help="Column holding a per-row task label.")
-    replace: dict = _f(help="Literal placeholder replacements, e.g. {'{{name}}': 'Sft'}.", factory=dict)
+    replace: dict[str, str] = _f(help="Literal placeholder replacements, e.g. {'{{name}}': 'Sft'}.", factory=dict)
     num_examples: int = _f(2000, help="builtin:synthetic only: examples to generate.", min=1, max=10_000_000)
     tasks: list[str] = _f(help="builtin:synthetic only: task families to include (default: all).", factory=list)
 
@@ -299,6 +299,8 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is list:
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return f"a mapping whose values are each {_type_name(typing.get_args(tp)[1])}"
     if tp is type(None):
         return "null"
     if dataclasses.is_dataclass(tp):
@@ -367,9 +369,12 @@ def _coerce(value: Any, tp: Any, path: str, file: str) -> Any:
         if not isinstance(value, str):
             raise bad
         return value
-    if tp is dict:
+    if tp is dict or origin is dict:
         if not isinstance(value, dict):
             raise bad
+        if origin is dict:  # dict[K, V]: every key and value checked, e.g. a column mapping names columns
+            key_tp, value_tp = typing.get_args(tp)
+            return {_coerce(k, key_tp, path, file): _coerce(v, value_tp, f"{path}.{k}", file) for k, v in value.items()}
         return value
     raise bad
 

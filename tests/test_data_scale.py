@@ -516,9 +516,9 @@ def test_large_streamed_files_are_fingerprinted_by_samples(tmp_path, monkeypatch
 
 
 def test_each_reader_resolves_files_as_before(tmp_path):
-    """Prepared reading: a glob's ** is one folder level, a build-data folder gives its split's file, a fingerprint
-    lists a folder's top-level data files. Streaming: ** and folders reach into subfolders, .gz counts, and a
-    folder streams every file."""
+    """One glob rule: ** reaches into subfolders for prepared and streamed reading alike. Prepared reading: a
+    build-data folder gives its split's file, a fingerprint lists a folder's top-level data files. Streaming:
+    folders reach into subfolders, .gz counts, and a folder streams every file."""
     from sft import rundir
     from sft.data.sources import local_files
     from sft.recipe import SourceConfig
@@ -528,9 +528,9 @@ def test_each_reader_resolves_files_as_before(tmp_path):
     for f in ("train.jsonl", "eval.jsonl", "sub/deep.jsonl", "sub/more.jsonl.gz", "notes.txt"):
         (d / f).write_text(json.dumps({"instruction": "q", "output": f}) + "\n")
     names = lambda fs: [os.path.relpath(f, d) for f in fs]  # noqa: E731
-    assert names(local_files(str(d / "**" / "*.jsonl"))) == ["sub/deep.jsonl"]
-    assert names(local_files(str(d / "**" / "*.jsonl"), streaming=True)) == ["eval.jsonl", "sub/deep.jsonl",
-                                                                             "train.jsonl"]
+    recursive = ["eval.jsonl", "sub/deep.jsonl", "train.jsonl"]
+    assert names(local_files(str(d / "**" / "*.jsonl"))) == recursive
+    assert names(local_files(str(d / "**" / "*.jsonl"), streaming=True)) == recursive
     assert names(local_files(str(d))) == ["train.jsonl"] and names(local_files(str(d), "eval")) == ["eval.jsonl"]
     assert names(local_files(str(d), None)) == ["eval.jsonl", "train.jsonl"]
     assert names(local_files(str(d), None, streaming=True)) == ["eval.jsonl", "sub/deep.jsonl", "sub/more.jsonl.gz",

@@ -18,6 +18,11 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    if args.out:  # refused before any scoring if sft may not write there
+        from .. import rundir
+        from ..errors import EvalError
+
+        rundir.claim(args.out, kind="eval", field="--out", error=EvalError)
     metrics = score_file(args.predictions, references=args.references, pred_field=args.pred_field,
                          ref_field=args.ref_field, metrics=[m.strip() for m in args.metrics.split(",") if m.strip()])
     if args.out:

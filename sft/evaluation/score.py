@@ -32,6 +32,8 @@ def _read_jsonl(path: str, flag: str) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise EvalError(f"line {lineno}: invalid JSON ({e.msg})", file=path, field=flag) from e
+        except RecursionError:
+            raise EvalError(f"line {lineno}: JSON nested too deeply to read", file=path, field=flag) from None
         if not isinstance(row, dict):
             raise EvalError(f"line {lineno}: expected a JSON object", file=path, field=flag)
         rows.append(row)
@@ -65,6 +67,13 @@ def load_pairs(predictions: str, *, references: str | None = None, pred_field: s
         field = ref_field or ("references" if "references" in rrow else "reference")
         refs.append(_refs(rrow.get(field), i, references or predictions, field))
         preds.append(row[pred_field])
+        for text, path, flag in [(preds[-1], predictions, "--pred-field")] + [(r, references or predictions,
+                                                                               "--ref-field") for r in refs[-1]]:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise EvalError(f"line {i}: text is not valid Unicode (a lone surrogate)", file=path, field=flag,
+                                fix="remove the \\ud8xx-\\udfxx escape from that line") from None
         tasks.append(str(row.get("task") or rrow.get("task") or "all"))
     return preds, refs, tasks
 
@@ -98,7 +107,6 @@ def score_file(predictions: str, *, references: str | None = None, pred_field: s
 def write_score_outputs(out: str, metrics: dict) -> None:
     from .report import render_eval_report
 
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise EvalError("--out is a file, not a folder", file=out, field="--out")
+    rundir.claim(out, kind="eval", field="--out", error=EvalError)  # the one rule for folders sft writes
     write_json_atomic(os.path.join(out, rundir.METRICS), metrics)
     write_text_atomic(os.path.join(out, rundir.EVAL_REPORT), render_eval_report(metrics))
