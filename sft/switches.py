@@ -15,6 +15,9 @@ ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_at
 # flash kernels and the package each needs; they alone read a flattened padding-free batch as variable-length
 # sequences (cu_seqlens), so the trainer packs per row for every other attention
 FLASH_PACKAGE = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
+# accelerate turns FSDP on only for GPU-family distributed types (accelerate/state.py); on CPU its MULTI_CPU state
+# would train plain DDP while the recipe says "sharded", so sft refuses. tests/fsdp_cpu.py lifts both, test-only.
+FSDP_NEEDS_GPU = True
 
 
 def _installed(module: str) -> bool:
@@ -74,7 +77,7 @@ def check(recipe, *, arch: str, model_type: str | None, on_gpu: bool, precision:
     if t.padding_free and t.packing and t.packing_strategy == "wrapped":
         raise RecipeError("padding_free with wrapped packing lets examples attend across their boundaries",
                           file=file, field="train.padding_free", fix="use packing_strategy: bfd, or padding_free: false")
-    if t.fsdp and not on_gpu:
+    if t.fsdp and not on_gpu and FSDP_NEEDS_GPU:
         raise RecipeError("train.fsdp needs CUDA GPUs: on CPU, accelerate runs the processes as plain DDP "
                           "(MULTI_CPU) and would silently not shard", file=file, field="train.fsdp",
                           fix="set train.fsdp: false on CPU (torchrun still trains data-parallel)")
@@ -91,9 +94,9 @@ def fsdp_arguments(recipe, model) -> dict:
     if not blocks:
         raise RecipeError(f"{type(model).__name__} names no transformer block class to shard by", file=recipe.path,
                           field="train.fsdp", fix="set train.fsdp: false (use DDP) for this model")
-    return {"fsdp": "full_shard auto_wrap", "fsdp_config": {"fsdp_version": 2, "transformer_layer_cls_to_wrap": blocks,
-                                                             "reshard_after_forward": True,
-                                                             "state_dict_type": "FULL_STATE_DICT"}}
+    # transformers 5.x form: fsdp=True and everything in fsdp_config (the "full_shard auto_wrap" string is deprecated)
+    return {"fsdp": True, "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": blocks,
+                                          "reshard_after_forward": True, "state_dict_type": "FULL_STATE_DICT"}}
 
 
 def trainer_arguments(recipe, precision: Precision) -> dict:

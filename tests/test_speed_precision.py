@@ -135,7 +135,7 @@ def test_switches_reach_the_trainer_arguments():
 
     model = _tiny("llama", "sdpa")
     fsdp = fsdp_arguments(_recipe(train={"fsdp": True}), model)
-    assert fsdp["fsdp_config"]["fsdp_version"] == 2
+    assert fsdp["fsdp_config"]["version"] == 2
     assert fsdp["fsdp_config"]["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"]  # the model's own block
     assert fsdp_arguments(_recipe(), model) == {}
     pf = sft_config_arguments(_recipe(train={"padding_free": True}))
@@ -268,15 +268,17 @@ def test_gpu_kit_smoke(tmp_path):
     rows = {r["name"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
     for name in ("gpt2-small-full-trl", "gpt2-small-full-sft", "gpt2-small-lora-sft", "gpt2-small-qlora-sft",
                  "gpt2-small-qlora-trl", "gpt2-small-full-sft-pack_wrapped", "gpt2-small-full-sft-pack_bfd",
-                 "llama-small-full-sft"):
+                 "llama-small-full-sft", "llama-1b-full-sft-seq512-ckpt", "llama-1b-qlora-sft-seq512-ckpt"):
         assert rows[name].get("tokens_per_s", 0) > 0, (name, rows[name].get("error"))
         assert math.isfinite(rows[name]["loss"])
+        assert 0 < rows[name]["first_step_s"] < rows[name]["wall_s"]  # what a user waits for the first step
     assert "need a CUDA GPU" in rows["gpt2-small-full-sft-liger"]["error"]
     # sft and TRL train the same model on the same rows: the same number of parameters, similar losses
     assert rows["gpt2-small-full-sft"]["params"] == rows["gpt2-small-full-trl"]["params"]
     assert abs(rows["gpt2-small-full-sft"]["loss"] - rows["gpt2-small-full-trl"]["loss"]) < 0.1
     md = (out / "results.md").read_text()
-    assert "| gpt2-small-full-sft |" in md and "## Goals" in md
+    assert "| gpt2-small-full-sft |" in md and "## Goals" in md and "| first step |" in md
+    assert "QLoRA peak memory <= 40 % of full, weight-dominated" in md
 
 
 # ---- validated pass-through -------------------------------------------------------------------

@@ -46,7 +46,7 @@ def _checkpoints(out: str) -> list[str]:
 # (plain, sharded, FSDP, per-rank RNG) saves it under.
 CHECKPOINT_PARTS = {
     "weights": ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
-                "pytorch_model.bin", "pytorch_model_fsdp_0"),
+                "pytorch_model.bin", "pytorch_model_fsdp.bin", "pytorch_model_fsdp_0"),
     "optimizer state": ("optimizer.pt", "optimizer.bin", "optimizer_0"),
     "scheduler state": ("scheduler.pt",),
     "RNG state": ("rng_state.pth", "rng_state_0.pth"),
@@ -237,28 +237,30 @@ def say_data_source(prep) -> None:
 
 def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> dict:
     """Train per the recipe; returns the training summary (with "eval": metrics when evaluated)."""
+    from ..context import RunContext
+    from ..distributed import init_process_group
+
     out = recipe.train.output_dir
     resume_from = check_output_dir(recipe, resume=resume, overwrite=overwrite)
+    init_process_group(recipe.train.ddp_timeout)  # so evaluation before training is sharded over the ranks too
+    # device, precision, rank, family: decided once, switches checked here, before output_dir is created
+    run = RunContext.build(recipe)
     lock = rundir.RunLock(out)
     if rank() == 0:
         rundir.create(out)
         lock.acquire()
     try:
-        return _train(recipe, resume_from, overwrite, out)
+        return _train(recipe, run, resume_from, overwrite, out)
     finally:
         lock.release()
 
 
-def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -> dict:
+def _train(recipe: Recipe, run, resume_from: str | None, overwrite: bool, out: str) -> dict:
     from transformers import set_seed
 
-    from ..context import RunContext
-    from ..distributed import init_process_group
     from ..prepare import prepare_data
 
-    init_process_group(recipe.train.ddp_timeout)  # so evaluation before training is sharded over the ranks too
     set_seed(recipe.train.seed)
-    run = RunContext.build(recipe)  # device, precision, rank, family: decided once, switches checked here
     arch, precision, on_gpu = run.arch, run.precision, run.on_gpu
     say(f"precision: {precision.mode} ({precision.reason})")
     run.preflight()  # lengths, LoRA names (on a weightless skeleton), Hub credentials: before any data is read
@@ -279,6 +281,7 @@ def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -
     fingerprint = rundir.data_fingerprint(recipe, tokenizer, splits)
     if resume_from:
         check_resumable_data(out, fingerprint)
+        say(f"resuming from {os.path.basename(resume_from)}")
     elif overwrite and rank() == 0:
         removed = rundir.clear(out)
         if removed:
@@ -365,6 +368,7 @@ def _train(recipe: Recipe, resume_from: str | None, overwrite: bool, out: str) -
         "tokens_per_second": round(tokens_seen / max(elapsed, 1e-9), 1),
         "trainable_params": trainable, "total_params": total, "peak_memory_mb": round(peak_memory_mb(), 1),
         "world_size": world_size(), "distributed": _distributed_kind(trainer),
+        "accelerate_distributed_type": str(getattr(trainer.accelerator.distributed_type, "value", "NO")),
         "mixed_precision": precision.mode, "arch": arch, "data": prep.summary(),
         **training_outcome(recipe, trainer, stopper, eval_steps),
     }
