@@ -9,7 +9,11 @@ and data through plain TRL `SFTTrainer`. GPT-2 has no Liger kernels, so a Llama 
 (grouped-query-free, 12 x 768) measures Liger on and off; asking Liger for GPT-2 is shown refused.
 
 tokens/s counts non-padding tokens (the Trainer's num_input_tokens_seen) between the log at step --warmup and
-the last one, so start-up, data preparation and compilation are excluded, identically for sft and TRL.
+the last one, so start-up, data preparation and compilation are excluded, identically for sft and TRL; what a
+user waits for before that is its own column, the time from the row's start (recipe, data, model, trainer) to
+the end of the first forward and backward. A weight-dominated model (a Llama of Llama-3.2-1B's shape, sequence
+512, gradient checkpointing) measures what QLoRA saves against full fine-tuning where weights, not activations,
+dominate memory (GPT-2 small's are a few percent of its peak).
 MFU = 6 * N * tokens/s / peak dense bf16 FLOP/s of the GPU (N = all parameters; for LoRA and QLoRA the
 backward skips weight gradients, so 6N overstates their work by about a third).
 Each row runs in this process one after another; a row that fails is reported with its error, not hidden.
@@ -43,7 +47,13 @@ SIZES = {  # model -> (gpu config, smoke config)
                      "num_attention_heads": 12, "num_key_value_heads": 12, "max_position_embeddings": 1024},
                     {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
                      "num_key_value_heads": 2, "max_position_embeddings": 128}),
+    # Llama-3.2-1B's shape (GPT-2's vocabulary, to use its tokenizer): 1.0B parameters, weight-dominated
+    "llama-1b": ({"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+                  "num_key_value_heads": 8, "max_position_embeddings": 2048, "tie_word_embeddings": True},
+                 {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+                  "num_key_value_heads": 2, "max_position_embeddings": 128, "tie_word_embeddings": True}),
 }
+LLAMA = ("llama-small", "llama-1b")
 
 
 def variants() -> list[dict]:
@@ -63,12 +73,19 @@ def variants() -> list[dict]:
              dict(model=g, mode="qlora", trainer="sft", packing="bfd"),
              dict(model=g, mode="full", trainer="sft", compile=True),
              dict(model=g, mode="lora", trainer="sft", packing="wrapped", compile=True)]
+    # the weight-dominated pair for the QLoRA memory goal (after the GPT-2 rows: a 1B full run is the slowest)
+    rows[6:6] = [dict(model="llama-1b", mode=m, trainer="sft", max_length=512, checkpointing=True)
+                 for m in ("full", "qlora")]
     for r in rows:
         r.setdefault("packing", None)
         r.setdefault("liger", False)
         r.setdefault("compile", False)
+        r.setdefault("max_length", None)
+        r.setdefault("checkpointing", False)
         r["name"] = "-".join([r["model"], r["mode"], r["trainer"]] + ([f"pack_{r['packing']}"] if r["packing"] else [])
-                             + (["liger"] if r["liger"] else []) + (["compile"] if r["compile"] else []))
+                             + (["liger"] if r["liger"] else []) + (["compile"] if r["compile"] else [])
+                             + ([f"seq{r['max_length']}"] if r["max_length"] else [])
+                             + (["ckpt"] if r["checkpointing"] else []))
     return rows
 
 
@@ -116,27 +133,29 @@ def recipe_for(v: dict, args, work: str):
 
     size = SIZES[v["model"]][1 if args.smoke else 0]
     model_name = "gpt2"
-    if v["model"] == "llama-small":
+    if v["model"] in LLAMA:
         from transformers import AutoConfig
 
-        model_name = os.path.join(work, "llama-small-config")
+        model_name = os.path.join(work, f"{v['model']}-config")
         if not os.path.isdir(model_name):
             AutoConfig.for_model("llama", vocab_size=50257, **size).save_pretrained(model_name)
         size = {}
+    max_length = min(v["max_length"] or args.max_length, args.max_length)
     out = os.path.join(work, "runs", v["name"])
     ov = [f"model.name={model_name}", "model.init=scratch", f"model.tokenizer={args.tokenizer}",
           f"model.config_overrides={json.dumps(size)}",
           f"data.sources.0.path={args.alpaca}", f"data.sources.0.weight={args.alpaca_weight}",
-          f"data.sources.1.num_examples={args.synthetic}", f"data.max_length={args.max_length}",
+          f"data.sources.1.num_examples={args.synthetic}", f"data.max_length={max_length}",
           f"train.output_dir={out}", f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}",
           f"train.logging_steps={args.log_every}", "train.save_steps=1000000", "train.report_to=none",
           f"train.mixed_precision={'no' if args.smoke else 'auto'}",
           f"lora.enabled={v['mode'] != 'full'}", f"quantization.load_in_4bit={v['mode'] == 'qlora'}",
           f"train.packing={bool(v['packing'])}", f"train.packing_strategy={v['packing'] or 'bfd'}",
-          f"train.use_liger_kernel={v['liger']}", f"train.torch_compile={v['compile']}"]
+          f"train.use_liger_kernel={v['liger']}", f"train.torch_compile={v['compile']}",
+          f"train.gradient_checkpointing={v['checkpointing']}"]
     if v["mode"] != "full":
         ov.append("train.learning_rate=2e-4")
-        if v["model"] == "llama-small":
+        if v["model"] in LLAMA:
             ov.append("lora.target_modules=[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]")
         else:
             ov.append("lora.target_modules=[c_attn, c_proj, c_fc]")
@@ -203,6 +222,31 @@ def run_trl(v: dict, args, work: str) -> dict:
             "peak_mem_gib": peak_memory_mb() / 1024}
 
 
+_FIRST_STEP: dict = {}
+
+
+def time_first_step() -> None:
+    """Record when the first forward and backward of a row ends (the Trainer's training_step; synchronised on a
+    GPU once), for sft and TRL alike."""
+    import torch
+    from transformers import Trainer
+
+    original = Trainer.training_step
+    if getattr(original, "_bench", False):
+        return
+
+    def training_step(self, *args, **kwargs):
+        loss = original(self, *args, **kwargs)
+        if "end" not in _FIRST_STEP:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            _FIRST_STEP["end"] = time.time()
+        return loss
+
+    training_step._bench = True
+    Trainer.training_step = training_step
+
+
 def fmt(x, spec: str, none: str = "-") -> str:
     return none if x is None else format(x, spec)
 
@@ -217,8 +261,8 @@ def write_results(path_md: str, meta: dict, rows: list[dict]) -> None:
              f"max_length {meta['max_length']}, batch {meta['batch_size']}, {meta['steps']} steps; tokens/s from step "
              f"{meta['warmup']} to the end. Peak dense bf16: {fmt(meta['peak_tflops'], '.0f')} TFLOP/s (datasheet), "
              f"{fmt(meta['matmul_tflops'], '.0f')} measured on an 8192^3 bf16 matmul. Precision: {meta['precision']}.",
-             "", "| run | tokens/s | MFU (6N) | peak memory | vs TRL | last loss | note |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+             "", "| run | first step | tokens/s | MFU (6N) | peak memory | vs TRL | last loss | note |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         base = by_name.get(f"{r['model']}-{r['mode']}-trl")
         ratio = (r["tokens_per_s"] / base["tokens_per_s"] if r.get("tokens_per_s") and base and
@@ -226,7 +270,9 @@ def write_results(path_md: str, meta: dict, rows: list[dict]) -> None:
         mfu = (6 * r["params"] * r["tokens_per_s"] / meta["peak_flops"] * 100
                if r.get("tokens_per_s") and r.get("params") and meta.get("peak_flops") else None)
         note = r.get("error") or ""
-        lines.append(f"| {r['name']} | {fmt(r.get('tokens_per_s'), ',.0f')} | {fmt(mfu, '.1f')}{'%' if mfu else ''} "
+        first = fmt(r.get("first_step_s"), ".1f")
+        lines.append(f"| {r['name']} | {first}{' s' if r.get('first_step_s') else ''} "
+                     f"| {fmt(r.get('tokens_per_s'), ',.0f')} | {fmt(mfu, '.1f')}{'%' if mfu else ''} "
                      f"| {fmt(r.get('peak_mem_gib'), '.2f')}{' GiB' if r.get('peak_mem_gib') else ''} "
                      f"| {fmt(ratio, '.2f')} | {fmt(r.get('loss'), '.3f')} | {note} |")
     lines += ["", "## Goals", ""] + [f"- {g}" for g in goals(rows, meta)]
@@ -250,6 +296,12 @@ def goals(rows: list[dict], meta: dict) -> list[str]:
         share = q["peak_mem_gib"] / f["peak_mem_gib"] * 100
         out.append(f"QLoRA peak memory <= 40 % of full: {share:.0f} % ({q['peak_mem_gib']:.2f} vs "
                    f"{f['peak_mem_gib']:.2f} GiB) -> {'met' if share <= 40 else 'not met'}")
+    f, q = (ok.get(f"llama-1b-{m}-sft-seq512-ckpt") for m in ("full", "qlora"))
+    if f and q:
+        share = q["peak_mem_gib"] / f["peak_mem_gib"] * 100
+        out.append(f"QLoRA peak memory <= 40 % of full, weight-dominated (Llama 1B, sequence 512, checkpointing): "
+                   f"{share:.0f} % ({q['peak_mem_gib']:.2f} vs {f['peak_mem_gib']:.2f} GiB) -> "
+                   f"{'met' if share <= 40 else 'not met'}")
     for mode in ("full", "lora", "qlora"):
         s, t = ok.get(f"gpt2-small-{mode}-sft"), ok.get(f"gpt2-small-{mode}-trl")
         if s and t:
@@ -318,21 +370,24 @@ def main(argv=None) -> int:
             "matmul_tflops": matmul_tflops() if torch.cuda.is_available() and not smoke else None,
             "precision": "float32 (CPU)" if smoke else "train.mixed_precision auto (bf16 autocast, fp32 master "
             "weights for full; bf16 frozen base for LoRA; NF4 + bf16 compute for QLoRA)", "wall_min": 0.0}
+    time_first_step()
     start = time.time()
     results = []
     for v in rows:
         print(f"[bench] {v['name']}", flush=True)
         res = dict(v)
+        _FIRST_STEP.clear()
         t0 = time.time()
         try:
             res.update(run_trl(v, args, work) if v["trainer"] == "trl" else run_sft(v, args, work))
+            res["first_step_s"] = round(_FIRST_STEP["end"] - t0, 2) if "end" in _FIRST_STEP else None
         except Exception as e:  # a row that cannot run says why; the others still run
             msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             res["error"] = f"{type(e).__name__}: {msg}".replace("|", "/")
             if os.environ.get("SFT_BENCH_TRACE"):
                 traceback.print_exc()
         res["wall_s"] = round(time.time() - t0, 1)
-        print(f"[bench] {v['name']}: {json.dumps({k: res.get(k) for k in ('tokens_per_s', 'peak_mem_gib', 'loss', 'error', 'wall_s')})}",
+        print(f"[bench] {v['name']}: {json.dumps({k: res.get(k) for k in ('first_step_s', 'tokens_per_s', 'peak_mem_gib', 'loss', 'error', 'wall_s')})}",
               flush=True)
         results.append(res)
         gc.collect()
