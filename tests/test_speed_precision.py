@@ -332,3 +332,105 @@ def test_passthrough_reaches_the_trainer_neftune_warmup_ratio_min_lr(tmp_path):
     lr, _ = _lr_and_losses(tmp_path, "minlr", lr_scheduler="cosine_with_min_lr",
                            trainer_args={"lr_scheduler_kwargs": {"min_lr": 1e-3}})
     assert lr[-1] == pytest.approx(1e-3, rel=0.05) and min(lr) >= 1e-3 * 0.999  # cosine floors at min_lr
+
+
+# ---- the training loss never holds the batch's full-vocabulary logits ---------------------------------------
+
+def test_training_loss_never_materialises_the_batch_logits(tmp_path):
+    """The causal path's loss goes through TRL's fused LM head (tiles of labelled positions x a vocabulary slice,
+    recomputed in the backward): no tensor of the batch's (batch x length x vocab) logits exists in the forward or
+    the backward, and the loss and gradients equal the model's own full-logits cross-entropy."""
+    from torch.utils import _pytree as pytree
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from conftest import tiny_recipe
+    from sft.precision import for_recipe
+    from sft.train.causal import build_trainer
+    from sft.train.run import training_arguments
+
+    class Widest(TorchDispatchMode):
+        """The largest tensor any op makes whose last dimension is at least a vocabulary slice wide."""
+
+        def __init__(self):
+            super().__init__()
+            self.numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in pytree.tree_leaves(out):
+                if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[-1] >= 1000:
+                    self.numel = max(self.numel, t.numel())
+            return out
+
+    tok = AutoTokenizer.from_pretrained(shared("tokenizers", "gpt2"))
+    tok.pad_token = tok.eos_token
+    vocab = len(tok)
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model("gpt2", n_layer=1, n_embd=32, n_head=2, n_positions=128, vocab_size=vocab,
+                               resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = AutoModelForCausalLM.from_config(cfg)
+    g = torch.Generator().manual_seed(5)
+    feats = []
+    for n in (40, 61, 33, 52):
+        ids = torch.randint(0, vocab, (n,), generator=g).tolist()
+        feats.append({"input_ids": ids, "labels": [-100] * (n - 8) + ids[n - 8:]})  # 8 answer tokens each
+    recipe = recipe_from_dict(tiny_recipe("gpt2", tmp_path / "out", train__batch_size=4), path="t.yaml")
+    trainer = build_trainer(recipe, model, tok, feats,
+                            training_arguments(recipe, on_gpu=False, precision=for_recipe(recipe, "gpt2")) |
+                            {"output_dir": str(tmp_path / "out")}, callbacks=[])
+    batch = trainer.data_collator(feats)
+    full = batch["input_ids"].numel() * vocab  # the batch's logits
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    model.train()
+
+    with Widest() as seen:
+        loss = trainer.compute_loss(model, dict(batch))
+        loss.backward()
+    fused_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    assert 0 < seen.numel <= labelled * min(vocab, 32768) < full / 10, (seen.numel, full)
+
+    with Widest() as control:  # the model's own forward: the recorder does see whole-batch logits
+        ref = model(**{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels")}).loss
+        ref.backward()
+    assert control.numel >= full
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+    for a, p in zip(fused_grads, model.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-6)
+
+
+# ---- torch.compile over wrapped packing: fixed shapes, no recompiles ----------------------------------------
+
+def _compiled_losses(tmp_path, name, monkeypatch, **train):
+    """Train 6 steps with train.torch_compile (dynamo's eager backend: the graph capture and guards are the same as
+    inductor's, without minutes of C++ compiling on CPU); every recompile is an error."""
+    import torch._dynamo
+
+    from conftest import tiny_recipe
+    from sft import switches
+    from sft.train.run import train as run_train
+
+    real = switches.trainer_arguments
+    monkeypatch.setattr(switches, "trainer_arguments",  # (a backend alone would turn compiling on)
+                        lambda recipe, precision: {**real(recipe, precision), **(
+                            {"torch_compile_backend": "eager"} if recipe.train.torch_compile else {})})
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    r = tiny_recipe("gpt2", tmp_path / name, steps=6, train__logging_steps=1, **{f"train__{k}": v
+                                                                             for k, v in train.items()})
+    r["model"]["config_overrides"].update(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    r["data"]["cache_dir"] = str(tmp_path / f"cache-{name}")
+    run_train(recipe_from_dict(r, path=f"{name}.yaml"))
+    with open(tmp_path / name / "train_log.jsonl") as fh:
+        return [json.loads(line)["loss"] for line in fh if '"loss"' in line]
+
+
+def test_compile_with_wrapped_packing_never_recompiles_and_keeps_the_loss(tmp_path, monkeypatch):
+    packed = dict(packing=True, packing_strategy="wrapped")
+    compiled = _compiled_losses(tmp_path, "compiled", monkeypatch, torch_compile=True, **packed)
+    eager = _compiled_losses(tmp_path, "eager", monkeypatch, torch_compile=False, **packed)
+    assert len(compiled) == 6 and compiled == pytest.approx(eager, rel=1e-5)
+    # the control: padded batches change length from step to step, and the same guard catches the recompile
+    with pytest.raises(Exception, match="[Rr]ecompil"):
+        _compiled_losses(tmp_path, "ragged", monkeypatch, torch_compile=True)

@@ -310,12 +310,13 @@ def test_accelerate_launch_cpu_config_runs_two_processes(tmp_path):
 
 def test_cpu_lm_head_scores_labelled_positions_only_with_the_same_loss_and_gradients():
     """sft makes TRL's fused head skip prompt and padding positions on CPU: same loss and gradients as TRL's own
-    every-position path (and as the model's plain cross-entropy), fewer rows through the LM head."""
+    every-position path (and as the model's plain cross-entropy), fewer rows through the LM head. Under
+    torch.compile it scores every position again (a fixed shape)."""
     import torch
     import trl.trainer.utils as trl_utils
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from sft.train.causal import compact_cpu_lm_head
+    from sft.train.causal import configure_lm_head
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=97, n_layer=1, n_embd=32, n_head=2, n_positions=32)).eval()
@@ -340,12 +341,16 @@ def test_cpu_lm_head_scores_labelled_positions_only_with_the_same_loss_and_gradi
         trl_utils._use_triton = original
         trl_utils._ChunkedLogProbFunction.apply = lambda h, *a: rows.append(h.shape[0]) or real_apply(h, *a)
         every_loss, every_grad = loss_and_grad()
-        assert compact_cpu_lm_head() and compact_cpu_lm_head()  # idempotent
+        assert configure_lm_head() and configure_lm_head()  # idempotent
         compact_loss, compact_grad = loss_and_grad()
+        assert configure_lm_head(all_positions=True)
+        compiled_loss, _ = loss_and_grad()
     finally:
+        configure_lm_head(all_positions=False)
         trl_utils._use_triton = installed
         trl_utils._ChunkedLogProbFunction.apply = real_apply
-    assert rows == [3 * 11, int((labels[:, 1:] != -100).sum())]
+    assert rows == [3 * 11, int((labels[:, 1:] != -100).sum()), 3 * 11]
+    torch.testing.assert_close(compiled_loss, every_loss, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(compact_loss, every_loss, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(compact_loss, plain.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(compact_grad, every_grad, rtol=1e-5, atol=1e-7)
