@@ -203,7 +203,8 @@ def _row(name: str, model_name: str, method: str, run_dir: str, start: float, re
             "tokens_per_second": t["tokens_per_second"], "peak_memory_mb": t["peak_memory_mb"],
             "metrics": metrics["metrics"], "best": t.get("best"), "wall_s": round(time.time() - start, 1),
             "run_dir": run_dir, "eval_items": len(preds),
-            "intervals": bootstrap_intervals(preds, list(metrics["metrics"]), resamples=resamples)}
+            "intervals": bootstrap_intervals(preds, list(metrics["metrics"]), resamples=resamples,
+                                             tokenize=metrics.get("tokenize"))}
 
 
 def run_matrix(spec: dict, out: str, *, bench_dir: str, progress=None, extra: list[str] = (),

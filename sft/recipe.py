@@ -236,9 +236,13 @@ class DuringTrainingConfig:
 class EvalConfig:
     before: bool = _f(True, help="Score the base model before training.")
     after: bool = _f(True, help="Score the trained model after training.")
-    metrics: list[str] = _f(help="perplexity, bleu, rouge, exact_match, exact_match_normalized, or evaluate:NAME "
+    metrics: list[str] = _f(help="perplexity, bleu, rouge, exact_match, exact_match_normalized, f1, distinct, "
+                            "accuracy, or evaluate:NAME "
                             "(extra hub-metrics). See README 'Metrics'.",
                             factory=lambda: ["perplexity", "bleu", "rouge", "exact_match"])
+    tokenize: Literal["auto", "13a", "zh", "char"] = _f(
+        "auto", help="How BLEU and ROUGE split text, decided once per eval set from its references: auto = zh when "
+        "any reference contains CJK, else 13a (predictions never change it); char = one token per character.")
     group_references: bool = _f(True, help="Eval examples with the same prompt become one item scored against all "
                                 "their references (multi-reference BLEU/ROUGE/exact match).")
     batch_size: int = _f(32, help="Evaluation batch size.", min=1)
@@ -540,14 +544,9 @@ def _validate_combinations(r: Recipe) -> None:
     if r.data.streaming and r.train.evals_per_epoch:
         raise RecipeError("a stream has no epochs to divide", file=file, field="train.evals_per_epoch",
                           fix="use train.eval_steps instead")
-    from .evaluation.metrics import METRICS
+    from .evaluation.metrics import check_metric_names
 
-    for m in r.eval.metrics:
-        if m not in METRICS and not m.startswith("evaluate:"):
-            close = difflib.get_close_matches(m, list(METRICS), n=1)
-            raise RecipeError(f"unknown metric {m!r}", file=file, field="eval.metrics",
-                              fix=f"did you mean {close[0]!r}?" if close else
-                              f"use {', '.join(METRICS)} or evaluate:NAME")
+    check_metric_names(r.eval.metrics, field_name="eval.metrics", file=file)  # the registry's one check
     _validate_training_eval(r)
     if r.hub.push_to_hub and not r.hub.repo_id:
         raise RecipeError("push_to_hub is on but no repo_id is set", file=file, field="hub.repo_id",

@@ -107,3 +107,129 @@ def test_rouge_reference_values():
 def test_a_registered_metric_is_scored_by_name(char_f1_metric):
     corpus, per = score_texts(["abc", "xy"], ["abd", "xy"], ["char_f1"])
     assert corpus["char_f1"] == pytest.approx((2 / 3 + 1) / 2) and per[1]["char_f1"] == 1.0
+
+
+# ---- one tokenisation per scored set -------------------------------------------------------------------
+
+def test_a_prediction_never_changes_how_an_english_set_is_scored(tmp_path):
+    """252 English pairs, one prediction quoting a Chinese character: every ROUGE figure equals rouge-score's
+    default tokenizer and BLEU equals sacrebleu 13a; metrics.json says which tokenisation was used."""
+    from sft.evaluation.score import score_file
+
+    pairs = _pairs(shared("data", "llamafactory", "alpaca_en_demo.json"), 252, seed=2)
+    pairs[17] = ("The character 水 means water, as in the reference.", pairs[17][1])
+    preds, refs = [p for p, _ in pairs], [r for _, r in pairs]
+    direct = rouge_scorer.RougeScorer(TYPES)
+    want = {k: sum(direct.score(r, p)[k].fmeasure for p, r in pairs) / len(pairs) for k in TYPES}
+    corpus, per = score_texts(preds, refs, ["rouge", "bleu"])
+    for k in TYPES:
+        assert corpus[k] == pytest.approx(want[k], abs=1e-12), k
+    assert per[17]["rouge1"] == pytest.approx(direct.score(refs[17], preds[17])["rouge1"].fmeasure, abs=1e-12)
+    assert corpus["bleu"] == pytest.approx(sacrebleu.corpus_bleu(preds, [refs], tokenize="13a").score, abs=1e-9)
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps({"prediction": p, "reference": r}) + "\n" for p, r in pairs))
+    m = score_file(str(path), metrics=["rouge", "bleu"])
+    assert m["tokenize"] == "13a" and m["metrics"]["rougeL"] == pytest.approx(want["rougeL"], abs=1e-12)
+
+
+def test_one_cjk_reference_makes_the_whole_set_zh_for_bleu_and_rouge():
+    preds, refs = ["the cat sat", "今天天气不好"], ["the cat sat down", "今天天气很好"]
+    corpus, per = score_texts(preds, refs, ["rouge", "bleu"])
+    assert corpus["bleu"] == pytest.approx(sacrebleu.corpus_bleu(preds, [refs], tokenize="zh").score, abs=1e-9)
+    zh = rouge_scorer.RougeScorer(TYPES, tokenizer=CJKTokenizer())
+    for i in range(2):
+        assert per[i]["rougeL"] == pytest.approx(zh.score(refs[i], preds[i])["rougeL"].fmeasure, abs=1e-12)
+
+
+@pytest.mark.parametrize("tokenize", ["13a", "zh", "char"])
+def test_the_tokenisation_can_be_set(tokenize):
+    from sft.evaluation.metrics import CharTokenizer
+
+    preds, refs = ["The cats sat.", "今天 天气"], ["the cat sat", "今天天气很好"]
+    corpus, per = score_texts(preds, refs, ["rouge", "bleu"], tokenize)
+    assert corpus["bleu"] == pytest.approx(sacrebleu.corpus_bleu(preds, [refs], tokenize=tokenize).score, abs=1e-9)
+    tok = {"13a": None, "zh": CJKTokenizer(), "char": CharTokenizer()}[tokenize]
+    direct = rouge_scorer.RougeScorer(TYPES, tokenizer=tok)
+    for i in range(2):
+        assert per[i]["rouge1"] == pytest.approx(direct.score(refs[i], preds[i])["rouge1"].fmeasure, abs=1e-12)
+    assert CharTokenizer().tokenize("Ab c") == ["a", "b", "c"]
+
+
+# ---- SQuAD F1, distinct-n, label accuracy against reference implementations -----------------------------
+
+def _official_squad_f1(prediction, ground_truths):
+    """The SQuAD v1.1 evaluation script (evaluate-v1.1.py), verbatim logic."""
+    import re
+    import string
+    from collections import Counter
+
+    def normalize_answer(s):
+        def remove_articles(text):
+            return re.sub(r"\b(a|an|the)\b", " ", text)
+
+        def white_space_fix(text):
+            return " ".join(text.split())
+
+        def remove_punc(text):
+            exclude = set(string.punctuation)
+            return "".join(ch for ch in text if ch not in exclude)
+
+        return white_space_fix(remove_articles(remove_punc(s.lower())))
+
+    def f1_score(prediction, ground_truth):
+        prediction_tokens = normalize_answer(prediction).split()
+        ground_truth_tokens = normalize_answer(ground_truth).split()
+        common = Counter(prediction_tokens) & Counter(ground_truth_tokens)
+        num_same = sum(common.values())
+        if num_same == 0:
+            return 0
+        precision = 1.0 * num_same / len(prediction_tokens)
+        recall = 1.0 * num_same / len(ground_truth_tokens)
+        return (2 * precision * recall) / (precision + recall)
+
+    return max(f1_score(prediction, gt) for gt in ground_truths)
+
+
+def test_f1_equals_the_official_squad_script():
+    pairs = _pairs(shared("data", "llamafactory", "alpaca_en_demo.json"), 200, seed=3)
+    pairs += [("The Eiffel Tower!", "eiffel tower"), ("", "x"), ("a an the", "the"), ("Paris, France", "paris")]
+    refs = [[r, r.upper()[:20]] for _, r in pairs]
+    corpus, per = score_texts([p for p, _ in pairs], refs, ["f1"])
+    want = [_official_squad_f1(p, rs) for (p, _), rs in zip(pairs, refs)]
+    assert [s["f1"] for s in per] == pytest.approx(want, abs=1e-12)
+    assert corpus["f1"] == pytest.approx(sum(want) / len(want), abs=1e-12)
+
+
+def test_distinct_n_equals_an_nltk_count():
+    from nltk.util import ngrams
+    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+
+    preds = [p for p, _ in _pairs(shared("data", "llamafactory", "alpaca_en_demo.json"), 120, seed=4)]
+    preds += ["the the the", ""]
+    corpus, per = score_texts(preds, preds, ["distinct"])
+    for n in (1, 2):
+        grams = [g for p in preds for g in ngrams(Tokenizer13a()(p).split(), n)]
+        assert corpus[f"distinct_{n}"] == pytest.approx(len(set(grams)) / len(grams), abs=1e-12)
+    assert "distinct_1" not in per[0]  # a corpus statistic: no per-item value to average or bootstrap
+    zh, _ = score_texts(["今天天气", "今天很好"], ["今天", "很好"], ["distinct"])
+    assert zh["distinct_1"] == pytest.approx(5 / 8) and zh["distinct_2"] == pytest.approx(5 / 6)
+
+
+def test_accuracy_normalises_labels():
+    preds = ["Positive.", " negative", "ＰＯＳＩＴＩＶＥ", "neutral!", "pos", "Negative。", "positive"]
+    refs = ["positive", "Negative", "positive", "negative", "positive", "negative", ["negative", "positive"]]
+    want = [1, 1, 1, 0, 0, 1, 1]
+    corpus, per = score_texts(preds, refs, ["accuracy"])
+    assert [s["accuracy"] for s in per] == want and corpus["accuracy"] == pytest.approx(sum(want) / len(want))
+
+
+@pytest.mark.parametrize("name,fix", [("accuracy", "use sft's accuracy"), ("squad", "use sft's f1"),
+                                      ("pearsonr", "score it outside sft")])
+def test_evaluate_metrics_that_do_not_take_text_are_refused_with_the_reason(name, fix):
+    from sft.errors import EvalError
+    from sft.evaluation.metrics import check_metric_names
+
+    with pytest.raises(EvalError, match="sft hands every metric generated text") as e:
+        check_metric_names([f"evaluate:{name}"])
+    assert fix in str(e.value)
+    check_metric_names(["evaluate:bleu", "evaluate:meteor", "f1", "distinct", "accuracy"])  # text metrics pass

@@ -1,15 +1,23 @@
 """The metrics registry: every score sft reports, with its scorer, unit, direction and tolerance.
 
-Text metrics compare generated predictions with one or more references per item:
-- `bleu`: sacrebleu corpus BLEU, tokenize 13a, or `zh` when any reference contains CJK; several
-  references per item are passed as several reference streams (None where an item has fewer).
-- `rouge`: rouge-score F1 of rouge1/2/L/Lsum. Pairs without CJK use rouge-score's own default
-  tokenizer; a pair where the prediction or a reference contains CJK uses a tokenizer that keeps
-  every CJK character as a token (rouge-score's drops them). Several references: the best-scoring
-  one per type (rouge-score's `score_multi`).
+Text metrics compare generated predictions with one or more references per item. The tokenisation is
+decided once per scored set, from its references alone (`decide_tokenize`; `eval.tokenize` / `sft score
+--tokenize` override it): `zh` when any reference contains CJK, else `13a`; `char` on request. A prediction
+never changes how a set is scored, and BLEU and ROUGE use the same decision:
+- `bleu`: sacrebleu corpus BLEU with that tokenize; several references per item are passed as several
+  reference streams (None where an item has fewer).
+- `rouge`: rouge-score F1 of rouge1/2/L/Lsum, with rouge-score's own default tokenizer for `13a`, a
+  tokenizer that keeps every CJK character as a token for `zh` (rouge-score's drops them), one token per
+  character for `char`. Several references: the best-scoring one per type (rouge-score's `score_multi`).
 - `exact_match`: prediction.strip() == reference.strip() for any reference.
 - `exact_match_normalized`: SQuAD-style: lower case, no punctuation (any script), no English
   articles, one space.
+- `f1`: SQuAD token F1, the official evaluation script's logic (its normalisation, bag-of-tokens overlap,
+  best over references), mean over items.
+- `distinct_1` / `distinct_2`: distinct n-grams / all n-grams over every prediction of the set (Li et al.,
+  2016), with the set's tokenisation; a corpus statistic (no per-item value, so no bootstrap interval).
+- `accuracy`: a predicted label equals a reference label after normalisation (Unicode NFKC, case-folded,
+  outer whitespace and trailing punctuation removed: "Positive." == "positive"), any reference.
 Perplexity needs the model and is computed in `perplexity.py`; it is registered here for its unit
 and direction. `evaluate:NAME` metrics load through the `evaluate` package (extra `hub-metrics`).
 Adding a metric is one `register(Metric(...))`; recipes, reports, cards and bench tables read it here.
@@ -25,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import EvalError
-from ..text import CJK, cjk_tokens, has_cjk
+from ..text import CJK, cjk_tokens
 
 References = list[list[str]]  # one list of references per item
 
@@ -46,6 +54,7 @@ class Metric:
     relative_tolerance: bool = False
     table_keys: tuple[str, ...] | None = None  # keys shown in compact tables (bench); None: all keys
     doc: str = ""
+    tokenized: bool = False  # corpus / per_sample take the set's tokenize= decision
 
     def summary_keys(self) -> tuple[str, ...]:
         return self.keys if self.table_keys is None else self.table_keys
@@ -72,6 +81,13 @@ def check_metric_names(names: list[str], *, field_name: str = "eval.metrics", fi
     for n in names:
         if not n.startswith("evaluate:"):
             get_metric(n, field_name=field_name, file=file)
+            continue
+        name = n.split(":", 1)[1]
+        if name in EVALUATE_NOT_TEXT:
+            ours = EVALUATE_NOT_TEXT[name]
+            raise EvalError(f"evaluate:{name} scores class ids, numbers or structured answers, and sft hands every "
+                            "metric generated text", file=file, field=field_name,
+                            fix=f"use sft's {ours}" if ours else "score it outside sft on converted predictions")
 
 
 def key_info(key: str) -> tuple[Metric | None, str]:
@@ -103,12 +119,24 @@ def display_name(key: str) -> str:
     return key_info(key)[1]
 
 
-# ---- BLEU ---------------------------------------------------------------------------------------
+# ---- tokenisation, decided once per scored set ----------------------------------------------------
 
-def bleu_tokenize_name(refs: list[str]) -> str:
-    # sacrebleu's zh tokenizer splits CJK characters and tokenises other text like 13a, so it is right for
-    # mixed corpora too; with 13a an unspaced Chinese answer would be a single token.
-    return "zh" if any(CJK.search(r) for r in refs) else "13a"
+TOKENIZE = ("auto", "13a", "zh", "char")
+
+
+def decide_tokenize(references, requested: str = "auto") -> str:
+    """The tokenisation of a whole scored set: `requested` unless auto; else `zh` when any reference contains
+    CJK (sacrebleu's zh splits CJK characters and tokenises other text like 13a, so mixed sets are right too;
+    with 13a an unspaced Chinese answer would be one token), else `13a`. Predictions are not looked at."""
+    if requested != "auto":
+        if requested not in TOKENIZE:
+            raise EvalError(f"unknown tokenize {requested!r}", field="eval.tokenize",
+                            fix=f"use one of {', '.join(TOKENIZE)}")
+        return requested
+    return "zh" if any(CJK.search(r) for rs in _as_multi(references) for r in rs) else "13a"
+
+
+# ---- BLEU ---------------------------------------------------------------------------------------
 
 
 def reference_streams(references: References) -> list[list[str | None]]:
@@ -117,20 +145,20 @@ def reference_streams(references: References) -> list[list[str | None]]:
     return [[refs[k] if k < len(refs) else None for refs in references] for k in range(width)]
 
 
-def corpus_bleu(predictions: list[str], references: References | list[str]) -> float:
+def corpus_bleu(predictions: list[str], references: References | list[str], tokenize: str | None = None) -> float:
     """Corpus BLEU (0-100) over items with one or several references each."""
     import sacrebleu
 
     refs = _as_multi(references)
-    tok = bleu_tokenize_name([r for rs in refs for r in rs])
+    tok = tokenize or decide_tokenize(refs)
     return float(sacrebleu.corpus_bleu(predictions, reference_streams(refs), tokenize=tok).score)
 
 
-def sentence_bleu(prediction: str, references: list[str] | str) -> float:
+def sentence_bleu(prediction: str, references: list[str] | str, tokenize: str | None = None) -> float:
     import sacrebleu
 
     refs = [references] if isinstance(references, str) else list(references)
-    return float(sacrebleu.sentence_bleu(prediction, refs, tokenize=bleu_tokenize_name(refs)).score)
+    return float(sacrebleu.sentence_bleu(prediction, refs, tokenize=tokenize or decide_tokenize([refs])).score)
 
 
 # ---- ROUGE --------------------------------------------------------------------------------------
@@ -147,22 +175,32 @@ class CJKTokenizer:
         return cjk_tokens(text)
 
 
-_scorers: dict[bool, object] = {}
+class CharTokenizer:
+    """rouge_score tokenizer for `tokenize: char`: every non-space character (lower-cased) is a token."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return [c for c in text.lower() if not c.isspace()]
 
 
-def rouge_scorer(cjk: bool = False):
-    """rouge-score's RougeScorer: its default tokenizer, or the CJK-keeping one (cached)."""
-    if cjk not in _scorers:
+_scorers: dict[str, object] = {}
+
+
+def rouge_scorer(tokenize: str = "13a"):
+    """rouge-score's RougeScorer for a tokenize decision (cached): its own default tokenizer for 13a, the
+    CJK-keeping one for zh, one token per character for char."""
+    if tokenize not in _scorers:
         from rouge_score import rouge_scorer as rs
 
-        _scorers[cjk] = rs.RougeScorer(list(ROUGE_TYPES), tokenizer=CJKTokenizer() if cjk else None)
-    return _scorers[cjk]
+        tokenizer = {"13a": None, "zh": CJKTokenizer(), "char": CharTokenizer()}[tokenize]
+        _scorers[tokenize] = rs.RougeScorer(list(ROUGE_TYPES), tokenizer=tokenizer)
+    return _scorers[tokenize]
 
 
-def rouge_pair(prediction: str, references: list[str] | str) -> dict[str, float]:
-    """F1 of rouge1/2/L/Lsum (best over references, per type)."""
+def rouge_pair(prediction: str, references: list[str] | str, tokenize: str | None = None) -> dict[str, float]:
+    """F1 of rouge1/2/L/Lsum (best over references, per type). Without `tokenize`, this pair's references
+    decide it (a set is scored with the set's decision: `score_texts`)."""
     refs = [references] if isinstance(references, str) else list(references)
-    scorer = rouge_scorer(has_cjk(prediction) or any(has_cjk(r) for r in refs))
+    scorer = rouge_scorer(tokenize or decide_tokenize([refs]))
     scores = scorer.score(refs[0], prediction) if len(refs) == 1 else scorer.score_multi(refs, prediction)
     return {k: scores[k].fmeasure for k in ROUGE_TYPES}
 
@@ -193,11 +231,71 @@ def exact_match_normalized(prediction: str, references: list[str] | str) -> floa
     return float(any(p == normalize_answer(r) for r in refs))
 
 
+# ---- SQuAD F1, distinct-n, label accuracy ---------------------------------------------------------
+
+_PUNCT = set(string.punctuation)
+_SQUAD_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+
+
+def _squad_normalize(text: str) -> str:
+    """The official SQuAD v1.1 script's normalize_answer: lower, drop string.punctuation and English articles,
+    one space."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCT)
+    return " ".join(_SQUAD_ARTICLES.sub(" ", text).split())
+
+
+def squad_f1(prediction: str, references: list[str] | str) -> float:
+    """The official SQuAD script's f1_score, maximised over the references (metric_max_over_ground_truths)."""
+    from collections import Counter
+
+    refs = [references] if isinstance(references, str) else references
+    pred = _squad_normalize(prediction).split()
+    best = 0.0
+    for ref in refs:
+        truth = _squad_normalize(ref).split()
+        same = sum((Counter(pred) & Counter(truth)).values())
+        if same:
+            precision, recall = same / len(pred), same / len(truth)
+            best = max(best, 2 * precision * recall / (precision + recall))
+    return best
+
+
+def _words(text: str, tokenize: str) -> list[str]:
+    """The set's tokenisation as a word list: sacrebleu's 13a, CJK characters as tokens, or characters."""
+    if tokenize == "zh":
+        return cjk_tokens(text)
+    if tokenize == "char":
+        return [c for c in text if not c.isspace()]
+    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+
+    return Tokenizer13a()(text).split()
+
+
+def distinct_n(predictions: list[str], n: int, tokenize: str = "13a") -> float:
+    """Distinct n-grams / total n-grams over all predictions (0 when they hold no n-gram)."""
+    grams = [tuple(w[i:i + n]) for p in predictions for w in [_words(p, tokenize)] for i in range(len(w) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def normalize_label(text: str) -> str:
+    """A class label as written by a model or a dataset: NFKC, case-folded, outer whitespace and trailing
+    punctuation (any script) removed."""
+    text = unicodedata.normalize("NFKC", text).casefold().strip()
+    while text and unicodedata.category(text[-1]).startswith("P"):
+        text = text[:-1].rstrip()
+    return text
+
+
+def label_accuracy(prediction: str, references: list[str] | str) -> float:
+    refs = [references] if isinstance(references, str) else references
+    return float(any(normalize_label(prediction) == normalize_label(r) for r in refs))
+
+
 # ---- registry entries ---------------------------------------------------------------------------
 
-def _mean_of(per_sample: Callable[[str, list[str]], dict]):
-    def corpus(predictions: list[str], references: References) -> dict:
-        scores = [per_sample(p, r) for p, r in zip(predictions, references)]
+def _mean_of(per_sample: Callable[..., dict]):
+    def corpus(predictions: list[str], references: References, **opts) -> dict:
+        scores = [per_sample(p, r, **opts) for p, r in zip(predictions, references)]
         keys = scores[0].keys() if scores else ()
         return {k: sum(s[k] for s in scores) / len(scores) for k in keys}
     return corpus
@@ -214,12 +312,14 @@ def _emn(p, r):
 register(Metric("perplexity", "model", ("perplexity",), higher_is_better=False, unit="exp(NLL), >= 1",
                 display={"perplexity": "Perplexity"}, tolerance=0.02, relative_tolerance=True,
                 doc="exp(mean NLL over answer tokens)"))
-register(Metric("bleu", "text", ("bleu",), corpus=lambda p, r: {"bleu": corpus_bleu(p, r)},
-                per_sample=lambda p, r: {"bleu": sentence_bleu(p, r)}, unit="0-100", display={"bleu": "BLEU"},
-                tolerance=0.5, doc="sacrebleu corpus BLEU (13a; zh when references contain CJK)"))
+register(Metric("bleu", "text", ("bleu",), corpus=lambda p, r, tokenize=None: {"bleu": corpus_bleu(p, r, tokenize)},
+                per_sample=lambda p, r, tokenize=None: {"bleu": sentence_bleu(p, r, tokenize)}, unit="0-100",
+                display={"bleu": "BLEU"}, tolerance=0.5, tokenized=True,
+                doc="sacrebleu corpus BLEU (13a; zh when references contain CJK)"))
 register(Metric("rouge", "text", ROUGE_TYPES, corpus=_mean_of(rouge_pair), per_sample=rouge_pair,
                 display={"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"},
-                table_keys=("rougeL",), doc="rouge-score F1, mean over items (best reference per item)"))
+                table_keys=("rougeL",), tokenized=True,
+                doc="rouge-score F1, mean over items (best reference per item)"))
 register(Metric("exact_match", "text", ("exact_match",), corpus=_mean_of(_em), per_sample=_em,
                 display={"exact_match": "Exact match"}, doc="strict match after strip(), any reference"))
 register(Metric("exact_match_normalized", "text", ("exact_match_normalized",), corpus=_mean_of(_emn),
@@ -227,15 +327,39 @@ register(Metric("exact_match_normalized", "text", ("exact_match_normalized",), c
                 doc="SQuAD-style normalised match, any reference"))
 
 
+register(Metric("f1", "text", ("f1",), corpus=_mean_of(lambda p, r: {"f1": squad_f1(p, r)}),
+                per_sample=lambda p, r: {"f1": squad_f1(p, r)}, display={"f1": "Token F1 (SQuAD)"},
+                doc="SQuAD token F1 (official script's normalisation), best reference per item"))
+register(Metric("distinct", "text", ("distinct_1", "distinct_2"), tokenized=True,
+                corpus=lambda p, r, tokenize="13a": {"distinct_1": distinct_n(p, 1, tokenize),
+                                                     "distinct_2": distinct_n(p, 2, tokenize)},
+                display={"distinct_1": "Distinct-1", "distinct_2": "Distinct-2"},
+                doc="distinct n-grams / all n-grams over the predictions (diversity; references unused)"))
+register(Metric("accuracy", "text", ("accuracy",), corpus=_mean_of(lambda p, r: {"accuracy": label_accuracy(p, r)}),
+                per_sample=lambda p, r: {"accuracy": label_accuracy(p, r)}, display={"accuracy": "Accuracy"},
+                doc="label match after normalisation (case, width, trailing punctuation), any reference"))
+
+# `evaluate` metrics that take class ids, numbers or SQuAD dicts, not generated text: refused up front
+EVALUATE_NOT_TEXT = {
+    "accuracy": "accuracy", "f1": "f1", "precision": "accuracy", "recall": "accuracy", "matthews_correlation":
+    "accuracy", "roc_auc": None, "squad": "f1 and exact_match_normalized", "squad_v2": "f1 and "
+    "exact_match_normalized", "glue": None, "super_glue": None, "xnli": "accuracy", "pearsonr": None,
+    "spearmanr": None, "mse": None, "mae": None, "r_squared": None, "code_eval": None, "seqeval": None,
+    "competition_math": "exact_match_normalized"}
+
+
 def _as_multi(references) -> References:
     return [[r] if isinstance(r, str) else list(r) for r in references]
 
 
-def score_texts(predictions: list[str], references, metrics: list[str]) -> tuple[dict, list[dict]]:
-    """Corpus scores and per-sample scores. `references`: one string or a list of strings per item."""
+def score_texts(predictions: list[str], references, metrics: list[str],
+                tokenize: str = "auto") -> tuple[dict, list[dict]]:
+    """Corpus scores and per-sample scores. `references`: one string or a list of strings per item.
+    `tokenize`: a decision already made for the whole set (`decide_tokenize`), or auto to make it here."""
     refs = _as_multi(references)
     if len(predictions) != len(refs):
         raise EvalError(f"{len(predictions)} predictions for {len(refs)} references")
+    tok = decide_tokenize(refs, tokenize)
     per_sample: list[dict] = [{} for _ in predictions]
     corpus: dict[str, float] = {}
     for name in metrics:
@@ -245,10 +369,11 @@ def score_texts(predictions: list[str], references, metrics: list[str]) -> tuple
         m = get_metric(name)
         if m.kind != "text" or not predictions:
             continue
-        corpus.update(m.corpus(predictions, refs))
+        opts = {"tokenize": tok} if m.tokenized else {}
+        corpus.update(m.corpus(predictions, refs, **opts))
         if m.per_sample is not None:
             for i, (p, r) in enumerate(zip(predictions, refs)):
-                per_sample[i].update(m.per_sample(p, r))
+                per_sample[i].update(m.per_sample(p, r, **opts))
     return corpus, per_sample
 
 

@@ -25,7 +25,7 @@ from ..errors import EvalError
 from ..io import read_json, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from ..recipe import Recipe, load_recipe
 from .generate import fit_prompt, generate_batched
-from .metrics import METRICS, score_texts
+from .metrics import METRICS, decide_tokenize, score_texts
 from .perplexity import perplexity, token_nll
 
 SCHEMA = "sft.metrics/v1"
@@ -218,7 +218,8 @@ def _evaluate(model, tokenizer, arch, recipe, es, rows, metrics_wanted, was_trai
     if text_metrics:
         preds = sharded_generate(model, tokenizer, es, arch=arch, gen=e.generation, batch_size=e.batch_size,
                                  stops=tuple(get_template(d.template, tokenizer).stop), progress=progress)
-        corpus, per_sample = score_texts(preds, [it["references"] for it in items], text_metrics)
+        tokenize = decide_tokenize([it["references"] for it in items], e.tokenize)  # once for the whole set
+        corpus, per_sample = score_texts(preds, [it["references"] for it in items], text_metrics, tokenize)
         overall.update(corpus)
         for row, p, s in zip(rows, preds, per_sample):
             row["prediction"] = p
@@ -234,7 +235,7 @@ def _evaluate(model, tokenizer, arch, recipe, es, rows, metrics_wanted, was_trai
             t["perplexity"] = perplexity([(r["nll"], r["answer_tokens"]) for r in trows])
         if text_metrics:
             corpus_t, _ = score_texts([r["prediction"] for r in trows], [r["references"] for r in trows],
-                                      [m for m in text_metrics if not m.startswith("evaluate:")])
+                                      [m for m in text_metrics if not m.startswith("evaluate:")], tokenize)
             t.update(corpus_t)
         per_task[task] = t
     if was_training:
@@ -242,6 +243,7 @@ def _evaluate(model, tokenizer, arch, recipe, es, rows, metrics_wanted, was_trai
     return {"label": label, "arch": arch,
             "metrics": {"num_samples": len(items), "num_examples": sum(len(it["records"]) for it in items),
                         "not_scored": dict(es.not_scored), "truncated": dict(es.truncated), "metrics": overall,
+                        **({"tokenize": tokenize} if text_metrics else {}),
                         "per_task": per_task},
             "predictions": rows}
 

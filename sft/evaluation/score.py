@@ -8,7 +8,7 @@ from collections import defaultdict
 
 from ..errors import EvalError
 from ..io import write_json_atomic, write_text_atomic
-from .metrics import METRICS, check_metric_names, score_texts
+from .metrics import METRICS, check_metric_names, decide_tokenize, score_texts
 from .. import rundir
 
 SCHEMA = "sft.metrics/v1"
@@ -79,7 +79,7 @@ def load_pairs(predictions: str, *, references: str | None = None, pred_field: s
 
 
 def score_file(predictions: str, *, references: str | None = None, pred_field: str = "prediction",
-               ref_field: str | None = None, metrics: list[str] | None = None) -> dict:
+               ref_field: str | None = None, metrics: list[str] | None = None, tokenize: str = "auto") -> dict:
     """metrics.json content for a predictions file (text metrics only: there is no model to score)."""
     names = metrics or ["bleu", "rouge", "exact_match"]
     check_metric_names(names, field_name="--metrics")
@@ -88,7 +88,8 @@ def score_file(predictions: str, *, references: str | None = None, pred_field: s
         raise EvalError(f"{model_metrics[0]} needs the model, not only its predictions", field="--metrics",
                         fix="use sft eval for perplexity")
     preds, refs, tasks = load_pairs(predictions, references=references, pred_field=pred_field, ref_field=ref_field)
-    overall, _ = score_texts(preds, refs, names)
+    tok = decide_tokenize(refs, tokenize)  # once for the whole file, from its references
+    overall, _ = score_texts(preds, refs, names, tok)
     by_task = defaultdict(list)
     for i, t in enumerate(tasks):
         by_task[t].append(i)
@@ -96,12 +97,12 @@ def score_file(predictions: str, *, references: str | None = None, pred_field: s
     if len(by_task) > 1:
         for t, idx in sorted(by_task.items()):
             scores, _ = score_texts([preds[i] for i in idx], [refs[i] for i in idx],
-                                    [n for n in names if not n.startswith("evaluate:")])
+                                    [n for n in names if not n.startswith("evaluate:")], tok)
             per_task[t] = {"num_samples": len(idx), **scores}
     return {"schema": SCHEMA, "model": {"name": os.path.basename(predictions), "arch": "external", "adapter": False,
                                         "path": predictions},
             "recipe_hash": None, "split": "scored", "num_samples": len(preds),
-            "num_examples": sum(len(r) for r in refs), "metrics": overall, "per_task": per_task}
+            "num_examples": sum(len(r) for r in refs), "metrics": overall, "per_task": per_task, "tokenize": tok}
 
 
 def write_score_outputs(out: str, metrics: dict) -> None:
