@@ -206,6 +206,29 @@ def test_e2e_column_mapping_and_missing_columns():
         load_splits(data_cfg({"path": path, "columns": {"prompt": "meaning", "completion": "ref"}}))
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_nested_columns_read_translation_pairs(streaming):
+    """Datasets nest translation pairs ({"translation": {"en": ..., "fr": ...}}): columns name the nested fields by
+    dots, in prepared and streamed reading; a misspelt one is an error that lists the nested names."""
+    path = f"{FIXTURES}/translation_en_fr_sample.jsonl"
+    cols = {"prompt": "translation.en", "completion": "translation.fr"}
+    if streaming:
+        from sft.data.stream import open_corpus
+
+        d = recipe_from_dict({"data": {"sources": [{"path": path, "columns": cols}], "eval_ratio": 0.0,
+                                       "streaming": True}, "train": {"max_steps": 1}}).data
+        recs = list(open_corpus(d, "r.yaml").tokenizer_sample())
+    else:
+        recs = load_splits(data_cfg({"path": path, "columns": cols}, eval_ratio=0.0)).train
+    pairs = {r["messages"][0]["content"]: r["messages"][-1]["content"] for r in recs}
+    assert len(pairs) == 40 and pairs["The cat is on the table."] == "Le chat est sur la table."
+    t5 = get_template("translate English to French: {{ instruction }}")
+    assert render_prompt(t5, recs[0]["messages"], None).startswith("translate English to French: ")
+    with pytest.raises(DataError, match=r"columns.completion: mapped column 'translation.fe' is not in the data.*"
+                                        r"did you mean 'translation.fr'"):
+        load_splits(data_cfg({"path": path, "columns": {**cols, "completion": "translation.fe"}}))
+
+
 def test_dirty_fixture_drop_counts():
     s = load_splits(data_cfg({"path": f"{FIXTURES}/dirty_alpaca.jsonl"}, eval_ratio=0.0))
     d = s.report.to_dict()["dropped"]

@@ -59,6 +59,8 @@ REAL = {
     "gpt2/dolly-lora.yaml": ("gpt2", ["data.sources.0.path={fixtures}/dolly_sample.jsonl"]),
     "t5/t5-small-alpaca.yaml": ("t5", ["data.sources.0.path={shared}/data/llamafactory/alpaca_en_demo.json"]),
     "t5/flan-t5-alpaca-lora.yaml": ("t5", ["data.sources.0.path={shared}/data/llamafactory/alpaca_en_demo.json"]),
+    "t5/t5-small-translation-en-fr.yaml": ("t5", ["data.sources.0.path={fixtures}/translation_en_fr_sample.jsonl",
+                                                  "data.eval_ratio=0.1"]),
     "gpt2-medium/e2e-lora.yaml": ("gpt2", ["data.sources.0.path={shared}/data/e2e/devset.csv",
                                            "data.sources.0.columns={{prompt: mr, completion: ref}}",
                                            "data.eval_sources=[]", "data.eval_ratio=0.1"]),

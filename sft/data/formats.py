@@ -31,8 +31,32 @@ class Format:
     doc: str = ""
 
 
+def lookup(row: dict, key: str):
+    """A mapped column's value: the top-level key, else a nested field by dots (`translation.en` reads
+    row["translation"]["en"], as datasets nest translation pairs); None when absent."""
+    if key in row or "." not in key:
+        return row.get(key)
+    value = row
+    for part in key.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def column_names(row: dict, depth: int = 3, prefix: str = "") -> list[str]:
+    """A row's columns, with nested fields by dots (translation, translation.en, translation.fr)."""
+    names = []
+    for k, v in row.items():
+        name = f"{prefix}{k}"
+        names.append(name)
+        if isinstance(v, dict) and depth > 1:
+            names += column_names(v, depth - 1, f"{name}.")
+    return names
+
+
 def _text(row: dict, key: str, *, optional: bool = False) -> str:
-    value = row.get(key)
+    value = lookup(row, key)
     if value is None:
         if optional:
             return ""
@@ -218,7 +242,7 @@ def _check_mapped(rows: list[dict], columns: dict, task_column: str | None, *, f
         return
     have: set = set()
     for r in rows:
-        have.update(r)
+        have.update(column_names(r))
     found = sorted(have, key=str)
     for where, col in wanted:
         if col not in have:

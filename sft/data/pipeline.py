@@ -41,7 +41,7 @@ def _task_of(src: SourceConfig, row: dict, default: str) -> str:
     if src.task:
         return src.task
     col = src.task_column or src.columns.get("task") or "task"
-    value = row.get(col)
+    value = formats.lookup(row, col)
     if isinstance(value, str) and value:
         return value
     if src.task_column:
