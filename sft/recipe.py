@@ -240,6 +240,8 @@ class EvalConfig:
                             "accuracy, or evaluate:NAME "
                             "(extra hub-metrics). See README 'Metrics'.",
                             factory=lambda: ["perplexity", "bleu", "rouge", "exact_match"])
+    sql_database: str | None = _f(None, help="SQLite file that execution_accuracy runs predicted and reference SQL "
+                                  "on (read-only), or builtin:synthetic for the synthetic suite's SQL families.")
     tokenize: Literal["auto", "13a", "zh", "char"] = _f(
         "auto", help="How BLEU and ROUGE split text, decided once per eval set from its references: auto = zh when "
         "any reference contains CJK, else 13a (predictions never change it); char = one token per character.")
@@ -508,6 +510,8 @@ def _expand_paths(r: Recipe) -> None:
     for key in ("sources", "eval_sources"):
         for i, src in enumerate(getattr(r.data, key)):
             src.path = expand_path(src.path, file=r.path, field=f"data.{key}.{i}.path")
+    if r.eval.sql_database and local(r.eval.sql_database):
+        r.eval.sql_database = expand_path(r.eval.sql_database, file=r.path, field="eval.sql_database")
     for obj, attr, field_name in ((r.data, "chat_template_path", "data.chat_template_path"),
                                   (r.data, "cache_dir", "data.cache_dir"), (r.data, "template", "data.template"),
                                   (r.model, "name", "model.name"), (r.model, "tokenizer", "model.tokenizer")):
@@ -547,6 +551,11 @@ def _validate_combinations(r: Recipe) -> None:
     from .evaluation.metrics import check_metric_names
 
     check_metric_names(r.eval.metrics, field_name="eval.metrics", file=file)  # the registry's one check
+    if "execution_accuracy" in r.eval.metrics + r.eval.during_training.metrics:
+        from .evaluation.sql import BUILTIN, resolve_database
+
+        if r.eval.sql_database != BUILTIN:  # builtin:synthetic is built when first scored
+            resolve_database(r.eval.sql_database, file=file)
     _validate_training_eval(r)
     if r.hub.push_to_hub and not r.hub.repo_id:
         raise RecipeError("push_to_hub is on but no repo_id is set", file=file, field="hub.repo_id",

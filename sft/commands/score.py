@@ -16,6 +16,8 @@ def add_parser(sub) -> None:
     p.add_argument("--metrics", default="bleu,rouge,exact_match", help="comma-separated metric names")
     p.add_argument("--tokenize", default="auto", choices=["auto", "13a", "zh", "char"],
                    help="how BLEU and ROUGE split text (default auto: zh when any reference contains CJK, else 13a)")
+    p.add_argument("--sql-database", default=None, help="SQLite file for execution_accuracy (read-only), or "
+                   "builtin:synthetic")
     p.add_argument("--out", default=None, help="folder for metrics.json and eval_report.md")
 
 
@@ -27,7 +29,7 @@ def run(args) -> int:
         rundir.claim(args.out, kind="eval", field="--out", error=EvalError)
     metrics = score_file(args.predictions, references=args.references, pred_field=args.pred_field,
                          ref_field=args.ref_field, metrics=[m.strip() for m in args.metrics.split(",") if m.strip()],
-                         tokenize=args.tokenize)
+                         tokenize=args.tokenize, sql_database=args.sql_database)
     if args.out:
         write_score_outputs(args.out, metrics)
     print(metrics_table(metrics))

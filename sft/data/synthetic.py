@@ -139,6 +139,66 @@ def _sql(rng: random.Random) -> tuple[str, str, str]:
     return "Translate the question into SQL.", f"Tables: {schema}\nQuestion: {q}", sql
 
 
+_JOIN_ON = {"employees": "JOIN departments ON employees.dept_id = departments.id",
+            "orders": "JOIN customers ON orders.customer_id = customers.id"}
+_DEPTS = ("sales", "research", "support", "finance", "legal", "design")
+_CITIES = ("Paris", "Lyon", "Berlin", "Madrid", "Rome", "Oslo")
+_NAMES = ("Ada", "Ben", "Chen", "Dora", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lea", "Mo", "Nia", "Oto",
+          "Pia", "Quin", "Rui", "Sam", "Tao", "Uma", "Vik", "Wen", "Xia", "Yan", "Zoe")
+
+
+def _sql_hard(rng: random.Random) -> tuple[str, str, str]:
+    """Join plus filter (and an ordered question), the shape of seed 001's harder NL->SQL rows."""
+    kind = rng.choice(["dept_budget", "customer_city", "ordered"])
+    val = rng.randint(10, 900)
+    if kind == "dept_budget":
+        schema = "employees(id, name, salary, dept_id, age); departments(id, name, budget)"
+        col, word, lim = rng.choice([("salary", "a salary", val), ("age", "an age", val % 45 + 20)])
+        budget = rng.randint(10, 900)
+        q = f"List the names of employees with {word} over {lim} in departments whose budget is over {budget}."
+        sql = (f"SELECT employees.name FROM employees {_JOIN_ON['employees']} "
+               f"WHERE employees.{col} > {lim} AND departments.budget > {budget};")
+    elif kind == "customer_city":
+        schema = "orders(id, customer_id, amount, status); customers(id, name, city, age)"
+        city = rng.choice(_CITIES)
+        q = f"Show the amount of every order over {val} placed by customers from {city}."
+        sql = (f"SELECT orders.amount FROM orders {_JOIN_ON['orders']} "
+               f"WHERE customers.city = '{city}' AND orders.amount > {val};")
+    else:
+        schema = "employees(id, name, salary, dept_id, age); departments(id, name, budget)"
+        age = val % 45 + 20
+        q = f"List the names of employees older than {age}, highest salary first (then by id)."
+        sql = f"SELECT name FROM employees WHERE age > {age} ORDER BY salary DESC, id;"
+    return "Translate the question into SQL.", f"Tables: {schema}\nQuestion: {q}", sql
+
+
+def _sql_zh(rng: random.Random) -> tuple[str, str, str]:
+    """Chinese questions over the employees / departments schema (seed 001's examples)."""
+    schema = "employees(id, name, salary, dept_id, age); departments(id, name, budget)"
+    kind = rng.choice(["salary", "age_count", "dept", "budget_join"])
+    val = rng.randint(10, 900)
+    if kind == "salary":
+        q = rng.choice(["列出工资高于{v}的员工姓名。", "哪些员工的工资超过{v}？请给出姓名。", "查询工资大于{v}的所有员工的名字。"])
+        sql = f"SELECT name FROM employees WHERE salary > {val};"
+    elif kind == "age_count":
+        val = val % 45 + 20
+        q = rng.choice(["有多少名员工的年龄大于{v}岁？", "统计年龄超过{v}岁的员工人数。", "年龄大于{v}的员工有几个？"])
+        sql = f"SELECT COUNT(*) FROM employees WHERE age > {val};"
+    elif kind == "dept":
+        dept = rng.choice(_DEPTS)
+        q = rng.choice(["{d}部门有多少名员工？", "统计{d}部门的员工人数。", "{d}部门一共有几名员工？"]).replace("{d}", dept)
+        sql = f"SELECT COUNT(*) FROM employees {_JOIN_ON['employees']} WHERE departments.name = '{dept}'"
+        if rng.random() < 0.8:  # with a salary filter (join plus filter)
+            q += f"（只算工资高于{val}的）"
+            sql += f" AND employees.salary > {val}"
+        sql += ";"
+    else:
+        q = rng.choice(["列出预算超过{v}的部门中所有员工的姓名。", "预算高于{v}的部门有哪些员工？请给出姓名。",
+                        "查询所在部门预算大于{v}的员工名字。"])
+        sql = f"SELECT employees.name FROM employees {_JOIN_ON['employees']} WHERE departments.budget > {val};"
+    return "把问题翻译成SQL。", f"Tables: {schema}\n问题：{q.replace('{v}', str(val))}", sql
+
+
 TASKS: dict[str, Callable[[random.Random], tuple[str, str, str]]] = {
     "addition": _addition,
     "reverse_words": _reverse_words,
@@ -147,12 +207,18 @@ TASKS: dict[str, Callable[[random.Random], tuple[str, str, str]]] = {
     "antonym": _antonym,
     "chinese_numerals": _chinese_numerals,
     "text_to_sql": _sql,
+    "text_to_sql_hard": _sql_hard,
+    "text_to_sql_zh": _sql_zh,
 }
+# the suite a recipe gets without `tasks:` (the SQL families beyond text_to_sql are asked for by name, so the
+# quickstart's data, its recorded losses and the committed benchmark tables stay what they were)
+DEFAULT_TASKS = ("addition", "reverse_words", "sort_numbers", "uppercase", "antonym", "chinese_numerals",
+                 "text_to_sql")
 
 
 def generate(num_examples: int, seed: int = 0, tasks: list[str] | None = None) -> list[dict]:
     """Balanced rows (round-robin over task families) as alpaca dicts with a `task` label."""
-    names = list(tasks) if tasks else list(TASKS)
+    names = list(tasks) if tasks else list(DEFAULT_TASKS)
     unknown = [t for t in names if t not in TASKS]
     if unknown:
         from ..errors import DataError
@@ -169,3 +235,55 @@ def generate(num_examples: int, seed: int = 0, tasks: list[str] | None = None) -
         seen.add((instruction, inp))
         rows.append({"instruction": instruction, "input": inp, "output": output, "task": task})
     return rows
+
+
+# ---- the database the SQL families' questions are about --------------------------------------------------
+
+SQL_VERSION = 1
+
+
+def sql_rows(seed: int = 2024) -> dict[str, list[tuple]]:
+    """Deterministic rows for every table of the SQL families (values in the ranges their questions ask about)."""
+    rng = random.Random(seed)
+    return {
+        "departments": [(i + 1, name, rng.randint(10, 90) * 10) for i, name in enumerate(_DEPTS)],
+        "employees": [(i + 1, _NAMES[i % len(_NAMES)] + ("" if i < len(_NAMES) else str(i)), rng.randint(10, 900),
+                       rng.randint(1, len(_DEPTS)), rng.randint(20, 64)) for i in range(40)],
+        "customers": [(i + 1, _NAMES[(i * 7) % len(_NAMES)], rng.choice(_CITIES), rng.randint(18, 80))
+                      for i in range(25)],
+        "orders": [(i + 1, rng.randint(1, 25), rng.randint(10, 900), rng.choice(["open", "paid", "shipped"]))
+                   for i in range(60)],
+        "products": [(i + 1, f"item{i + 1}", rng.randint(10, 900), rng.randint(0, 900)) for i in range(20)],
+    }
+
+
+def sql_database(folder: str | None = None) -> str:
+    """The SQLite file of the SQL families (built once, atomically, under the sft cache); its path."""
+    import os
+    import sqlite3
+    import tempfile
+
+    from ..tokenizer import cache_root
+
+    folder = folder or os.path.join(cache_root(), "sql")
+    path = os.path.join(folder, f"synthetic-v{SQL_VERSION}.sqlite")
+    if os.path.exists(path):
+        return path
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    os.close(fd)
+    try:
+        conn = sqlite3.connect(tmp)
+        for table, rows in sql_rows().items():
+            cols = _TABLES[table]
+            types = ["INTEGER PRIMARY KEY" if c == "id" else "TEXT" if c in ("name", "city", "status") else "INTEGER"
+                     for c in cols]
+            conn.execute(f"CREATE TABLE {table} ({', '.join(f'{c} {t}' for c, t in zip(cols, types))})")
+            conn.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(cols))})", rows)
+        conn.commit()
+        conn.close()
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path

@@ -18,6 +18,10 @@ never changes how a set is scored, and BLEU and ROUGE use the same decision:
   2016), with the set's tokenisation; a corpus statistic (no per-item value, so no bootstrap interval).
 - `accuracy`: a predicted label equals a reference label after normalisation (Unicode NFKC, case-folded,
   outer whitespace and trailing punctuation removed: "Positive." == "positive"), any reference.
+- `execution_accuracy`: predicted and reference SQL run on a SQLite database (`sql.py`: read-only, SELECT
+  only, a time limit per query) and their results compare as multisets (ordered when the reference has
+  ORDER BY); `execution_invalid` is the share of predictions that do not run. Items whose references are not
+  SQL that runs are left out of both (a mixed eval set scores its SQL task).
 Perplexity needs the model and is computed in `perplexity.py`; it is registered here for its unit
 and direction. `evaluate:NAME` metrics load through the `evaluate` package (extra `hub-metrics`).
 Adding a metric is one `register(Metric(...))`; recipes, reports, cards and bench tables read it here.
@@ -55,6 +59,7 @@ class Metric:
     table_keys: tuple[str, ...] | None = None  # keys shown in compact tables (bench); None: all keys
     doc: str = ""
     tokenized: bool = False  # corpus / per_sample take the set's tokenize= decision
+    options: tuple[str, ...] = ()  # other keyword inputs it needs from the run (e.g. sql_database)
 
     def summary_keys(self) -> tuple[str, ...]:
         return self.keys if self.table_keys is None else self.table_keys
@@ -339,6 +344,29 @@ register(Metric("accuracy", "text", ("accuracy",), corpus=_mean_of(lambda p, r: 
                 per_sample=lambda p, r: {"accuracy": label_accuracy(p, r)}, display={"accuracy": "Accuracy"},
                 doc="label match after normalisation (case, width, trailing punctuation), any reference"))
 
+_databases: dict[str, object] = {}
+
+
+def _sql_item(p: str, r: list[str], sql_database: str | None = None) -> dict:
+    from .sql import Database, execution_scores
+
+    if sql_database not in _databases:
+        _databases[sql_database] = Database(sql_database)
+    return execution_scores(_databases[sql_database], p, r)
+
+
+def _sql_corpus(predictions: list[str], references: References, sql_database: str | None = None) -> dict:
+    scores = [s for s in (_sql_item(p, r, sql_database) for p, r in zip(predictions, references)) if s]
+    if not scores:
+        return {}
+    return {k: sum(s[k] for s in scores) / len(scores) for k in ("execution_accuracy", "execution_invalid")}
+
+
+register(Metric("execution_accuracy", "text", ("execution_accuracy", "execution_invalid"), corpus=_sql_corpus,
+                per_sample=_sql_item, options=("sql_database",), table_keys=("execution_accuracy",),
+                display={"execution_accuracy": "Execution accuracy", "execution_invalid": "SQL that does not run"},
+                doc="predicted and reference SQL give the same result on eval.sql_database"))
+
 # `evaluate` metrics that take class ids, numbers or SQuAD dicts, not generated text: refused up front
 EVALUATE_NOT_TEXT = {
     "accuracy": "accuracy", "f1": "f1", "precision": "accuracy", "recall": "accuracy", "matthews_correlation":
@@ -352,10 +380,11 @@ def _as_multi(references) -> References:
     return [[r] if isinstance(r, str) else list(r) for r in references]
 
 
-def score_texts(predictions: list[str], references, metrics: list[str],
-                tokenize: str = "auto") -> tuple[dict, list[dict]]:
+def score_texts(predictions: list[str], references, metrics: list[str], tokenize: str = "auto",
+                options: dict | None = None) -> tuple[dict, list[dict]]:
     """Corpus scores and per-sample scores. `references`: one string or a list of strings per item.
-    `tokenize`: a decision already made for the whole set (`decide_tokenize`), or auto to make it here."""
+    `tokenize`: a decision already made for the whole set (`decide_tokenize`), or auto to make it here.
+    `options`: the run's inputs metrics declare (`Metric.options`, e.g. sql_database: a resolved path)."""
     refs = _as_multi(references)
     if len(predictions) != len(refs):
         raise EvalError(f"{len(predictions)} predictions for {len(refs)} references")
@@ -370,6 +399,7 @@ def score_texts(predictions: list[str], references, metrics: list[str],
         if m.kind != "text" or not predictions:
             continue
         opts = {"tokenize": tok} if m.tokenized else {}
+        opts.update({k: (options or {}).get(k) for k in m.options})
         corpus.update(m.corpus(predictions, refs, **opts))
         if m.per_sample is not None:
             for i, (p, r) in enumerate(zip(predictions, refs)):

@@ -201,6 +201,15 @@ def _autocast(model, recipe: Recipe):
     return torch.autocast("cuda", dtype=p.compute_dtype)
 
 
+def metric_options(recipe: Recipe, metrics: list[str]) -> dict:
+    """The run's inputs that the wanted metrics declare (Metric.options), resolved once."""
+    if "execution_accuracy" not in metrics:
+        return {}
+    from .sql import resolve_database
+
+    return {"sql_database": resolve_database(recipe.eval.sql_database, file=recipe.path)}
+
+
 def _evaluate(model, tokenizer, arch, recipe, es, rows, metrics_wanted, was_training, label, progress) -> dict:
     e, d = recipe.eval, recipe.data
     items = es.items
@@ -219,7 +228,8 @@ def _evaluate(model, tokenizer, arch, recipe, es, rows, metrics_wanted, was_trai
         preds = sharded_generate(model, tokenizer, es, arch=arch, gen=e.generation, batch_size=e.batch_size,
                                  stops=tuple(get_template(d.template, tokenizer).stop), progress=progress)
         tokenize = decide_tokenize([it["references"] for it in items], e.tokenize)  # once for the whole set
-        corpus, per_sample = score_texts(preds, [it["references"] for it in items], text_metrics, tokenize)
+        options = metric_options(recipe, text_metrics)
+        corpus, per_sample = score_texts(preds, [it["references"] for it in items], text_metrics, tokenize, options)
         overall.update(corpus)
         for row, p, s in zip(rows, preds, per_sample):
             row["prediction"] = p
@@ -235,7 +245,7 @@ def _evaluate(model, tokenizer, arch, recipe, es, rows, metrics_wanted, was_trai
             t["perplexity"] = perplexity([(r["nll"], r["answer_tokens"]) for r in trows])
         if text_metrics:
             corpus_t, _ = score_texts([r["prediction"] for r in trows], [r["references"] for r in trows],
-                                      [m for m in text_metrics if not m.startswith("evaluate:")], tokenize)
+                                      [m for m in text_metrics if not m.startswith("evaluate:")], tokenize, options)
             t.update(corpus_t)
         per_task[task] = t
     if was_training:

@@ -79,7 +79,8 @@ def load_pairs(predictions: str, *, references: str | None = None, pred_field: s
 
 
 def score_file(predictions: str, *, references: str | None = None, pred_field: str = "prediction",
-               ref_field: str | None = None, metrics: list[str] | None = None, tokenize: str = "auto") -> dict:
+               ref_field: str | None = None, metrics: list[str] | None = None, tokenize: str = "auto",
+               sql_database: str | None = None) -> dict:
     """metrics.json content for a predictions file (text metrics only: there is no model to score)."""
     names = metrics or ["bleu", "rouge", "exact_match"]
     check_metric_names(names, field_name="--metrics")
@@ -89,7 +90,12 @@ def score_file(predictions: str, *, references: str | None = None, pred_field: s
                         fix="use sft eval for perplexity")
     preds, refs, tasks = load_pairs(predictions, references=references, pred_field=pred_field, ref_field=ref_field)
     tok = decide_tokenize(refs, tokenize)  # once for the whole file, from its references
-    overall, _ = score_texts(preds, refs, names, tok)
+    options = {}
+    if "execution_accuracy" in names:
+        from .sql import resolve_database
+
+        options["sql_database"] = resolve_database(sql_database, field="--sql-database")
+    overall, _ = score_texts(preds, refs, names, tok, options)
     by_task = defaultdict(list)
     for i, t in enumerate(tasks):
         by_task[t].append(i)
@@ -97,7 +103,7 @@ def score_file(predictions: str, *, references: str | None = None, pred_field: s
     if len(by_task) > 1:
         for t, idx in sorted(by_task.items()):
             scores, _ = score_texts([preds[i] for i in idx], [refs[i] for i in idx],
-                                    [n for n in names if not n.startswith("evaluate:")], tok)
+                                    [n for n in names if not n.startswith("evaluate:")], tok, options)
             per_task[t] = {"num_samples": len(idx), **scores}
     return {"schema": SCHEMA, "model": {"name": os.path.basename(predictions), "arch": "external", "adapter": False,
                                         "path": predictions},

@@ -133,7 +133,10 @@ class TrainingEvaluator:
                                               max_items=e.during_training.max_samples, features=False)
             preds = sharded_generate(model, self.tokenizer, self.gen_set, arch=self.arch, gen=e.generation,
                                      batch_size=e.batch_size, stops=tuple(get_template(r.data.template, self.tokenizer).stop))
-            scores, _ = score_texts(preds, [it["references"] for it in self.gen_set.items], wanted, e.tokenize)
+            from ..evaluation.run import metric_options
+
+            scores, _ = score_texts(preds, [it["references"] for it in self.gen_set.items], wanted, e.tokenize,
+                                    metric_options(r, wanted))
             out.update(scores)
         return out
 
