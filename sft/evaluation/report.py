@@ -63,7 +63,8 @@ def render_eval_report(metrics: dict) -> str:
                 if metrics.get("num_examples", metrics["num_samples"]) != metrics["num_samples"] else "")
              + (f"; recipe hash `{metrics['recipe_hash']}`" if metrics.get("recipe_hash") else ""),
              "- BLEU 0-100 (sacrebleu; zh tokenizer for Chinese references); ROUGE F1 and exact match 0-1; "
-             "perplexity over answer tokens\n"]
+             "perplexity over answer tokens" + (f"; tokenisation `{metrics['tokenize']}`" if metrics.get("tokenize")
+                                                 else "") + "\n"]
     if "before" in metrics:
         parts += ["## Before and after training\n", before_after_table(metrics["before"], metrics), ""]
     parts += ["## Per task (after)\n" if "before" in metrics else "## Per task\n", metrics_table(metrics), ""]
@@ -75,6 +76,13 @@ def render_eval_report(metrics: dict) -> str:
                   f"best {best['metric']} {_fmt(best['value'])} at step {best['step']}"
                   f"{' (this is the saved model)' if best.get('loaded_at_end') else ''}; "
                   f"stopped: {metrics['train']['stopped']}.\n"]
+    if metrics.get("harness"):
+        h = metrics["harness"]
+        parts += [f"## Benchmarks (lm-evaluation-harness {h['version']}"
+                  + (f", first {h['limit']} documents per task" if h.get("limit") else "") + ")\n",
+                  "| task | metric | value |", "|---|---|---|"]
+        parts += [f"| {task} | {k} | {_fmt(v)} |" for task, values in sorted(h["tasks"].items())
+                  for k, v in sorted(values.items())] + [""]
     if "train" in metrics:
         t = metrics["train"]
         parts += ["## Training\n", "| train loss | steps | runtime (s) | tokens/s | trainable params | peak memory (MB) |",

@@ -326,8 +326,10 @@ def saved_split(target: str, recipe: Recipe, split: str) -> list[dict]:
 
 
 def evaluate_target(target: str, overrides: list[str], *, split: str = "eval", max_samples: int | None = None,
-                 out: str | None = None) -> tuple[str, dict]:
-    """Score a recipe's base model (target = recipe file) or a training output directory."""
+                 out: str | None = None, harness: list[str] | None = None,
+                 harness_limit: int | None = None) -> tuple[str, dict]:
+    """Score a recipe's base model (target = recipe file) or a training output directory; with `harness`, also
+    run those lm-evaluation-harness tasks on the same model and merge them into metrics.json."""
     from ..modeling import builds_tokenizer, get_tokenizer, load_for_inference, load_model, resolve_arch
 
     if max_samples is not None and max_samples < 1:
@@ -361,5 +363,15 @@ def evaluate_target(target: str, overrides: list[str], *, split: str = "eval", m
         raise EvalError(f"the {split} split is empty", file=recipe.path,
                         field="data.test_ratio" if split == "test" else "data.eval_ratio",
                         fix="give that split a ratio > 0 or add data.eval_sources")
+    planned = None
+    if harness:  # the package, task files and names checked before anything is scored
+        from .harness import plan
+
+        planned = plan(harness)
     result = evaluate_model(model, tokenizer, arch, records, recipe, label=split)
+    if planned:
+        from .harness import run_harness
+
+        result["metrics"]["harness"] = run_harness(model, tokenizer, arch, planned, batch_size=recipe.eval.batch_size,
+                                                   limit=harness_limit)
     return out, write_eval_outputs(out, recipe, result, split=split, model_path=model_path)
