@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -157,3 +158,24 @@ def test_no_import_runs_back_up():
                     if _layer(name) > _layer(top):
                         problems.append(f"sft/{rel} imports sft.{name}")
     assert not problems, problems
+
+
+def test_known_trainer_names_equal_the_installed_transformers():
+    """recipe.py validates scheduler, optimizer and report_to names against its own lists (importing the trainer
+    stack to check them cost 4.7 s of every `sft recipe show`); they must be what transformers accepts."""
+    from sft import recipe
+
+    assert sorted(recipe.KNOWN_SCHEDULERS) == sorted(recipe._scheduler_names())
+    assert sorted(recipe.KNOWN_OPTIMIZERS) == sorted(recipe._optimizer_names())
+    assert sorted(recipe.KNOWN_REPORT_TO) == sorted(recipe._report_to_names())
+
+
+@pytest.mark.parametrize("args", [["--help"], ["recipe", "show", "recipes/quickstart.yaml"]])
+def test_help_and_recipe_show_do_not_import_the_model_stack(args):
+    """The start-up budget: no torch, transformers, trl or peft before a command needs them."""
+    code = ("import sys, runpy; sys.argv = ['sft'] + %r\n"
+            "try:\n    runpy.run_module('sft', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "heavy = sorted(m for m in ('torch', 'transformers', 'trl', 'peft', 'datasets') if m in sys.modules)\n"
+            "print('HEAVY', heavy)" % args)
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "HEAVY []" in res.stdout, res.stdout[-1000:] + res.stderr[-1000:]

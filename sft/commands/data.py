@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-from ..data.pipeline import accounting_lines
-from ..modeling import resolve_arch
-from ..prepare import cache_size_mb, prepare_data
-from ..recipe import Recipe
+if TYPE_CHECKING:
+    from ..recipe import Recipe
 
 
 def segments(feature: dict, arch: str) -> list[tuple[str, list[int]]]:
@@ -45,9 +44,20 @@ def run(args) -> int:
     return 0
 
 
+def _stack():
+    """The data and model modules, imported when a command runs: `sft --help` builds every command's parser and
+    must not load torch."""
+    from ..data.pipeline import accounting_lines
+    from ..modeling import resolve_arch
+    from ..prepare import cache_size_mb, prepare_data
+
+    return accounting_lines, resolve_arch, cache_size_mb, prepare_data
+
+
 def prepare(recipe: Recipe) -> dict:
     from ..errors import RecipeError
 
+    accounting_lines, resolve_arch, cache_size_mb, prepare_data = _stack()
     if recipe.data.streaming:
         raise RecipeError("a streamed corpus is tokenised while training, there is nothing to prepare ahead",
                           file=recipe.path, field="data.streaming", fix="set data.streaming: false to --prepare")
@@ -66,6 +76,7 @@ def prepare(recipe: Recipe) -> dict:
 
 
 def report(recipe: Recipe, show: int = 3) -> dict:
+    accounting_lines, resolve_arch, _, prepare_data = _stack()
     arch = resolve_arch(recipe.model)
     prep = prepare_data(recipe, arch)
     if prep.cache == "streaming":
