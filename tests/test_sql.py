@@ -114,3 +114,9 @@ def test_a_recipe_scores_sql_by_execution(tmp_path):
     r["eval"]["sql_database"] = None
     res = run_cli("train", write_recipe(tmp_path / "r2.yaml", r))
     assert res.returncode == 2 and "eval.sql_database: execution_accuracy needs a SQLite database" in res.stderr
+
+
+def test_the_invalid_rate_reads_lower_is_better():
+    from sft.evaluation.metrics import higher_is_better
+
+    assert higher_is_better("execution_accuracy") and not higher_is_better("execution_invalid")

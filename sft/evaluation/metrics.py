@@ -60,6 +60,7 @@ class Metric:
     doc: str = ""
     tokenized: bool = False  # corpus / per_sample take the set's tokenize= decision
     options: tuple[str, ...] = ()  # other keyword inputs it needs from the run (e.g. sql_database)
+    lower_is_better_keys: tuple[str, ...] = ()  # keys that run the other way (a rate of failures)
 
     def summary_keys(self) -> tuple[str, ...]:
         return self.keys if self.table_keys is None else self.table_keys
@@ -117,7 +118,7 @@ def tolerance(key: str) -> tuple[float, bool]:
 
 def higher_is_better(key: str) -> bool:
     m, _ = key_info(key)
-    return True if m is None else m.higher_is_better
+    return True if m is None else m.higher_is_better and key not in m.lower_is_better_keys
 
 
 def display_name(key: str) -> str:
@@ -364,6 +365,7 @@ def _sql_corpus(predictions: list[str], references: References, sql_database: st
 
 register(Metric("execution_accuracy", "text", ("execution_accuracy", "execution_invalid"), corpus=_sql_corpus,
                 per_sample=_sql_item, options=("sql_database",), table_keys=("execution_accuracy",),
+                lower_is_better_keys=("execution_invalid",),
                 display={"execution_accuracy": "Execution accuracy", "execution_invalid": "SQL that does not run"},
                 doc="predicted and reference SQL give the same result on eval.sql_database"))
 
