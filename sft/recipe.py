@@ -552,10 +552,9 @@ def _validate_combinations(r: Recipe) -> None:
 
     check_metric_names(r.eval.metrics, field_name="eval.metrics", file=file)  # the registry's one check
     if "execution_accuracy" in r.eval.metrics + r.eval.during_training.metrics:
-        from .evaluation.sql import BUILTIN, resolve_database
+        from .evaluation.sql import check_database
 
-        if r.eval.sql_database != BUILTIN:  # builtin:synthetic is built when first scored
-            resolve_database(r.eval.sql_database, file=file)
+        check_database(r.eval.sql_database, file=file)  # builtin:synthetic is built when first scored
     _validate_training_eval(r)
     if r.hub.push_to_hub and not r.hub.repo_id:
         raise RecipeError("push_to_hub is on but no repo_id is set", file=file, field="hub.repo_id",

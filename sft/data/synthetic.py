@@ -257,15 +257,12 @@ def sql_rows(seed: int = 2024) -> dict[str, list[tuple]]:
     }
 
 
-def sql_database(folder: str | None = None) -> str:
-    """The SQLite file of the SQL families (built once, atomically, under the sft cache); its path."""
+def sql_database(folder: str) -> str:
+    """The SQLite file of the SQL families, built once (atomically) in `folder`; its path."""
     import os
     import sqlite3
     import tempfile
 
-    from ..tokenizer import cache_root
-
-    folder = folder or os.path.join(cache_root(), "sql")
     path = os.path.join(folder, f"synthetic-v{SQL_VERSION}.sqlite")
     if os.path.exists(path):
         return path

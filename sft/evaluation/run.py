@@ -205,9 +205,9 @@ def metric_options(recipe: Recipe, metrics: list[str]) -> dict:
     """The run's inputs that the wanted metrics declare (Metric.options), resolved once."""
     if "execution_accuracy" not in metrics:
         return {}
-    from .sql import resolve_database
+    from .score import database_path
 
-    return {"sql_database": resolve_database(recipe.eval.sql_database, file=recipe.path)}
+    return {"sql_database": database_path(recipe.eval.sql_database, file=recipe.path)}
 
 
 def _evaluate(model, tokenizer, arch, recipe, es, rows, metrics_wanted, was_training, label, progress) -> dict:

@@ -78,6 +78,20 @@ def load_pairs(predictions: str, *, references: str | None = None, pred_field: s
     return preds, refs, tasks
 
 
+def database_path(spec: str | None, *, field: str = "eval.sql_database", file: str | None = None) -> str:
+    """The SQLite file execution_accuracy runs on: a checked path, or the synthetic SQL families' own database
+    (builtin:synthetic), built once in the sft cache."""
+    from .sql import BUILTIN, check_database
+
+    spec = check_database(spec, field=field, file=file)
+    if spec != BUILTIN:
+        return spec
+    from ..data.synthetic import sql_database
+    from ..tokenizer import cache_root
+
+    return sql_database(os.path.join(cache_root(), "sql"))
+
+
 def score_file(predictions: str, *, references: str | None = None, pred_field: str = "prediction",
                ref_field: str | None = None, metrics: list[str] | None = None, tokenize: str = "auto",
                sql_database: str | None = None) -> dict:
@@ -92,9 +106,7 @@ def score_file(predictions: str, *, references: str | None = None, pred_field: s
     tok = decide_tokenize(refs, tokenize)  # once for the whole file, from its references
     options = {}
     if "execution_accuracy" in names:
-        from .sql import resolve_database
-
-        options["sql_database"] = resolve_database(sql_database, field="--sql-database")
+        options["sql_database"] = database_path(sql_database, field="--sql-database")
     overall, _ = score_texts(preds, refs, names, tok, options)
     by_task = defaultdict(list)
     for i, t in enumerate(tasks):

@@ -31,16 +31,15 @@ def _authorize(action, *_):
     return sqlite3.SQLITE_OK if action in _ALLOWED else sqlite3.SQLITE_DENY
 
 
-def resolve_database(spec: str | None, *, field: str = "eval.sql_database", file: str | None = None) -> str:
-    """The database file for `spec`: a path that exists, or builtin:synthetic (built once into the sft cache)."""
+def check_database(spec: str | None, *, field: str = "eval.sql_database", file: str | None = None) -> str:
+    """`spec` when it names a SQLite file that exists, or builtin:synthetic (built when first scored:
+    `score.database_path`); else a one-line error."""
     if not spec:
         how = f"pass {field} PATH.sqlite" if field.startswith("--") else f"set {field}: PATH.sqlite"
         raise EvalError("execution_accuracy needs a SQLite database to run the queries on", file=file, field=field,
                         fix=f"{how} (or builtin:synthetic for the synthetic suite's SQL families)")
     if spec == BUILTIN:
-        from ..data.synthetic import sql_database
-
-        return sql_database()
+        return spec
     if not os.path.isfile(spec):
         raise EvalError(f"no such database file {spec!r}", file=file, field=field,
                         fix="give the path of a SQLite file (or builtin:synthetic)")
