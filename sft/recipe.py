@@ -548,10 +548,11 @@ def _validate_combinations(r: Recipe) -> None:
     if r.data.streaming and r.train.evals_per_epoch:
         raise RecipeError("a stream has no epochs to divide", file=file, field="train.evals_per_epoch",
                           fix="use train.eval_steps instead")
-    from .evaluation.metrics import check_metric_names
+    from .evaluation.metrics import METRICS, check_metric_names
 
     check_metric_names(r.eval.metrics, field_name="eval.metrics", file=file)  # the registry's one check
-    if "execution_accuracy" in r.eval.metrics + r.eval.during_training.metrics:
+    if any("sql_database" in METRICS[m].options for m in r.eval.metrics + r.eval.during_training.metrics
+           if m in METRICS):
         from .evaluation.sql import check_database
 
         check_database(r.eval.sql_database, file=file)  # builtin:synthetic is built when first scored

@@ -44,20 +44,14 @@ def run(args) -> int:
     return 0
 
 
-def _stack():
-    """The data and model modules, imported when a command runs: `sft --help` builds every command's parser and
-    must not load torch."""
+# The data and model modules are imported inside the functions: `sft --help` builds every command's parser and
+# must not load torch.
+def prepare(recipe: Recipe) -> dict:
     from ..data.pipeline import accounting_lines
+    from ..errors import RecipeError
     from ..modeling import resolve_arch
     from ..prepare import cache_size_mb, prepare_data
 
-    return accounting_lines, resolve_arch, cache_size_mb, prepare_data
-
-
-def prepare(recipe: Recipe) -> dict:
-    from ..errors import RecipeError
-
-    accounting_lines, resolve_arch, cache_size_mb, prepare_data = _stack()
     if recipe.data.streaming:
         raise RecipeError("a streamed corpus is tokenised while training, there is nothing to prepare ahead",
                           file=recipe.path, field="data.streaming", fix="set data.streaming: false to --prepare")
@@ -76,7 +70,10 @@ def prepare(recipe: Recipe) -> dict:
 
 
 def report(recipe: Recipe, show: int = 3) -> dict:
-    accounting_lines, resolve_arch, _, prepare_data = _stack()
+    from ..data.pipeline import accounting_lines
+    from ..modeling import resolve_arch
+    from ..prepare import prepare_data
+
     arch = resolve_arch(recipe.model)
     prep = prepare_data(recipe, arch)
     if prep.cache == "streaming":

@@ -266,15 +266,21 @@ def squad_f1(prediction: str, references: list[str] | str) -> float:
     return best
 
 
+_TOKENIZER_13A = None
+
+
 def _words(text: str, tokenize: str) -> list[str]:
     """The set's tokenisation as a word list: sacrebleu's 13a, CJK characters as tokens, or characters."""
     if tokenize == "zh":
         return cjk_tokens(text)
     if tokenize == "char":
         return [c for c in text if not c.isspace()]
-    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+    global _TOKENIZER_13A
+    if _TOKENIZER_13A is None:
+        from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 
-    return Tokenizer13a()(text).split()
+        _TOKENIZER_13A = Tokenizer13a()
+    return _TOKENIZER_13A(text).split()
 
 
 def distinct_n(predictions: list[str], n: int, tokenize: str = "13a") -> float:
@@ -333,16 +339,22 @@ register(Metric("exact_match_normalized", "text", ("exact_match_normalized",), c
                 doc="SQuAD-style normalised match, any reference"))
 
 
-register(Metric("f1", "text", ("f1",), corpus=_mean_of(lambda p, r: {"f1": squad_f1(p, r)}),
-                per_sample=lambda p, r: {"f1": squad_f1(p, r)}, display={"f1": "Token F1 (SQuAD)"},
+def _f1(p, r):
+    return {"f1": squad_f1(p, r)}
+
+
+def _acc(p, r):
+    return {"accuracy": label_accuracy(p, r)}
+
+
+register(Metric("f1", "text", ("f1",), corpus=_mean_of(_f1), per_sample=_f1, display={"f1": "Token F1 (SQuAD)"},
                 doc="SQuAD token F1 (official script's normalisation), best reference per item"))
 register(Metric("distinct", "text", ("distinct_1", "distinct_2"), tokenized=True,
                 corpus=lambda p, r, tokenize="13a": {"distinct_1": distinct_n(p, 1, tokenize),
                                                      "distinct_2": distinct_n(p, 2, tokenize)},
                 display={"distinct_1": "Distinct-1", "distinct_2": "Distinct-2"},
                 doc="distinct n-grams / all n-grams over the predictions (diversity; references unused)"))
-register(Metric("accuracy", "text", ("accuracy",), corpus=_mean_of(lambda p, r: {"accuracy": label_accuracy(p, r)}),
-                per_sample=lambda p, r: {"accuracy": label_accuracy(p, r)}, display={"accuracy": "Accuracy"},
+register(Metric("accuracy", "text", ("accuracy",), corpus=_mean_of(_acc), per_sample=_acc, display={"accuracy": "Accuracy"},
                 doc="label match after normalisation (case, width, trailing punctuation), any reference"))
 
 _databases: dict[str, object] = {}

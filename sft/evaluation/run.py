@@ -27,6 +27,7 @@ from ..recipe import Recipe, load_recipe
 from .generate import fit_prompt, generate_batched
 from .metrics import METRICS, decide_tokenize, score_texts
 from .perplexity import perplexity, token_nll
+from .score import metric_options
 
 SCHEMA = "sft.metrics/v1"
 
@@ -201,15 +202,6 @@ def _autocast(model, recipe: Recipe):
     return torch.autocast("cuda", dtype=p.compute_dtype)
 
 
-def metric_options(recipe: Recipe, metrics: list[str]) -> dict:
-    """The run's inputs that the wanted metrics declare (Metric.options), resolved once."""
-    if "execution_accuracy" not in metrics:
-        return {}
-    from .score import database_path
-
-    return {"sql_database": database_path(recipe.eval.sql_database, file=recipe.path)}
-
-
 def _evaluate(model, tokenizer, arch, recipe, es, rows, metrics_wanted, was_training, label, progress) -> dict:
     e, d = recipe.eval, recipe.data
     items = es.items
@@ -228,7 +220,7 @@ def _evaluate(model, tokenizer, arch, recipe, es, rows, metrics_wanted, was_trai
         preds = sharded_generate(model, tokenizer, es, arch=arch, gen=e.generation, batch_size=e.batch_size,
                                  stops=tuple(get_template(d.template, tokenizer).stop), progress=progress)
         tokenize = decide_tokenize([it["references"] for it in items], e.tokenize)  # once for the whole set
-        options = metric_options(recipe, text_metrics)
+        options = metric_options(text_metrics, recipe.eval.sql_database, file=recipe.path)
         corpus, per_sample = score_texts(preds, [it["references"] for it in items], text_metrics, tokenize, options)
         overall.update(corpus)
         for row, p, s in zip(rows, preds, per_sample):

@@ -92,6 +92,13 @@ def database_path(spec: str | None, *, field: str = "eval.sql_database", file: s
     return sql_database(os.path.join(cache_root(), "sql"))
 
 
+def metric_options(names: list[str], sql_database: str | None, *, field: str = "eval.sql_database",
+                   file: str | None = None) -> dict:
+    """The run's inputs that the named metrics declare (`Metric.options`), resolved once."""
+    wanted = {o for n in names if n in METRICS for o in METRICS[n].options}
+    return {"sql_database": database_path(sql_database, field=field, file=file)} if "sql_database" in wanted else {}
+
+
 def score_file(predictions: str, *, references: str | None = None, pred_field: str = "prediction",
                ref_field: str | None = None, metrics: list[str] | None = None, tokenize: str = "auto",
                sql_database: str | None = None) -> dict:
@@ -104,9 +111,7 @@ def score_file(predictions: str, *, references: str | None = None, pred_field: s
                         fix="use sft eval for perplexity")
     preds, refs, tasks = load_pairs(predictions, references=references, pred_field=pred_field, ref_field=ref_field)
     tok = decide_tokenize(refs, tokenize)  # once for the whole file, from its references
-    options = {}
-    if "execution_accuracy" in names:
-        options["sql_database"] = database_path(sql_database, field="--sql-database")
+    options = metric_options(names, sql_database, field="--sql-database")
     overall, _ = score_texts(preds, refs, names, tok, options)
     by_task = defaultdict(list)
     for i, t in enumerate(tasks):

@@ -18,6 +18,7 @@ from ..errors import EvalError
 
 TIME_LIMIT_S = 2.0
 MAX_ROWS = 100_000
+MEMO = 10_000  # results kept per connection: the corpus, per-item and per-task scores run the same queries
 BUILTIN = "builtin:synthetic"  # the synthetic text_to_sql family's own database
 _ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
 _ALLOWED = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION}
@@ -59,8 +60,23 @@ class Database:
         self.conn.set_authorizer(_authorize)
         self._deadline = 0.0
         self.conn.set_progress_handler(lambda: int(time.monotonic() > self._deadline), 10_000)
+        self._memo: dict[str, list[tuple] | QueryError] = {}
 
     def run(self, sql: str) -> list[tuple]:
+        """The query's rows, or QueryError; each distinct query runs once (the database is read-only)."""
+        if sql not in self._memo:
+            if len(self._memo) >= MEMO:
+                self._memo.clear()
+            try:
+                self._memo[sql] = self._run(sql)
+            except QueryError as e:
+                self._memo[sql] = e
+        result = self._memo[sql]
+        if isinstance(result, QueryError):
+            raise result
+        return result
+
+    def _run(self, sql: str) -> list[tuple]:
         query = sql.strip().rstrip(";").strip()
         if not query:
             raise QueryError("empty query")

@@ -129,14 +129,15 @@ class TrainingEvaluator:
         wanted = e.during_training.metrics
         if wanted:
             if self.gen_set is None:
+                from ..evaluation.score import metric_options
+
+                self.options = metric_options(wanted, e.sql_database, file=r.path)  # resolved once
                 self.gen_set = build_eval_set(model.config, self.tokenizer, self.arch, self.records, r,
                                               max_items=e.during_training.max_samples, features=False)
             preds = sharded_generate(model, self.tokenizer, self.gen_set, arch=self.arch, gen=e.generation,
                                      batch_size=e.batch_size, stops=tuple(get_template(r.data.template, self.tokenizer).stop))
-            from ..evaluation.run import metric_options
-
             scores, _ = score_texts(preds, [it["references"] for it in self.gen_set.items], wanted, e.tokenize,
-                                    metric_options(r, wanted))
+                                    self.options)
             out.update(scores)
         return out
 
