@@ -202,11 +202,41 @@ def _read_inputs(path: str) -> list[dict]:
     return rows
 
 
+def read_tools(path: str | None) -> list[dict] | None:
+    """--tools FILE: a JSON list of function specs (OpenAI / JSON-schema form), for every input row."""
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        raise DataError("tools file not found", file=path, field="--tools", fix="pass a .json file with a list of "
+                        "function specs")
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            return formats.tools_of({"tools": fh.read()}, {})
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text (byte offset {e.start})", file=path, field="--tools") from None
+    except formats.BadRow as e:
+        raise DataError(str(e), file=path, field="--tools",
+                        fix='write a JSON list such as [{"type": "function", "function": {"name": ..., '
+                            '"parameters": {...}}}]') from None
+
+
+def row_tools(row: dict, lineno: int, file: str, default: list[dict] | None) -> list[dict] | None:
+    """An input line's own `tools` (a list or a JSON string), else --tools."""
+    if not isinstance(row, dict) or row.get("tools") in (None, "", []):
+        return default
+    try:
+        return formats.tools_of(row, {})
+    except formats.BadRow as e:
+        raise DataError(f"line {lineno}: {e}", file=file, field="--input",
+                        fix="give 'tools' as a JSON list of function specs") from None
+
+
 def generate_rows(model_dir: str, input_path: str, out_path: str, gen_overrides: dict,
                   batch_size: int | None = None, *, raw: bool = False, num_return_sequences: int = 1,
-                  seed: int | None = None) -> tuple[list[dict], int]:
-    """Each input row with its `prediction` (and `predictions`, all of them, when num_return_sequences > 1), and how
-    many prompts were left-truncated to fit the context."""
+                  seed: int | None = None, tools_path: str | None = None) -> tuple[list[dict], int]:
+    """Each input row with its `prediction` (and `predictions`, all of them, when num_return_sequences > 1), the
+    `reasoning` and `tool_calls` parsed out of it where the model wrote them, and how many prompts were
+    left-truncated to fit the context. Tools: each row's `tools`, else those of `tools_path`."""
     if input_path != "-" and not os.path.exists(input_path):
         raise DataError("input file not found", file=input_path, field="--input")
     if out_path != "-" and os.path.isdir(out_path):
@@ -214,6 +244,7 @@ def generate_rows(model_dir: str, input_path: str, out_path: str, gen_overrides:
     if batch_size is not None and batch_size < 1:
         raise RecipeError(f"--batch-size must be at least 1 (got {batch_size})", field="--batch-size")
     rows = _read_inputs(input_path)
+    tools = read_tools(tools_path)
     use = load_use(model_dir, raw=raw)
     gen = generation_settings(use.recipe, gen_overrides)
     check_return_sequences(gen, num_return_sequences)
@@ -221,7 +252,8 @@ def generate_rows(model_dir: str, input_path: str, out_path: str, gen_overrides:
         records = [{"text": row_to_text(r, i + 1, input_path)} for i, r in enumerate(rows)]
     else:
         records = [{"messages": row_to_messages(r, i + 1, input_path, use.recipe.data.clean.normalize), "task": "",
-                    "source": ""} for i, r in enumerate(rows)]
+                    "source": "", **({"tools": t} if (t := row_tools(r, i + 1, input_path, tools)) else {})}
+                   for i, r in enumerate(rows)]
     fitted = [_fit(p, use.model, use.arch, gen, use.tokenizer.eos_token_id) for p in use.encode(records)]
     cut = sum(c for _, c in fitted)
     if seed is not None:
@@ -231,9 +263,16 @@ def generate_rows(model_dir: str, input_path: str, out_path: str, gen_overrides:
     preds = generate_batched(use.model, use.tokenizer, [p for p, _ in fitted], arch=use.arch, gen=gen,
                              batch_size=batch_size or use.recipe.eval.batch_size, stops=use.stops,
                              num_return_sequences=num_return_sequences, strip=not raw)
-    if num_return_sequences == 1:
-        return [{**row, "prediction": p} for row, p in zip(rows, preds)], cut
-    return [{**row, "prediction": p[0], "predictions": p} for row, p in zip(rows, preds)], cut
+    if raw:
+        structured = [{"prediction": p} if num_return_sequences == 1 else {"prediction": p[0], "predictions": p}
+                      for p in preds]
+    else:
+        from .toolcalls import structure_answer
+
+        structured = [structure_answer(p) if num_return_sequences == 1 else
+                      {**structure_answer(p[0]), "predictions": [structure_answer(x)["prediction"] for x in p]}
+                      for p in preds]
+    return [{**row, **st} for row, st in zip(rows, structured)], cut
 
 
 def check_return_sequences(gen: GenerationConfig, n: int) -> None:
@@ -244,7 +283,7 @@ def check_return_sequences(gen: GenerationConfig, n: int) -> None:
                           fix=f"add --do-sample (with --temperature), or --num-beams {n}")
 
 
-def answer(use: Use, messages: list[dict], gen, streamer=None) -> tuple[str, bool]:
+def answer(use: Use, messages: list[dict], gen, streamer=None, tools: list[dict] | None = None) -> tuple[str, bool]:
     """The model's reply to a conversation in its prompt format (with `use.raw`, the continuation of the last
     message's text), and whether the prompt was left-truncated to fit the context. `streamer`: a transformers
     streamer that shows tokens as they come."""
@@ -253,7 +292,8 @@ def answer(use: Use, messages: list[dict], gen, streamer=None) -> tuple[str, boo
     from .evaluation.generate import cut_at_stop, generation_kwargs, stop_token_ids
 
     stops = use.stops
-    record = {"text": messages[-1]["content"]} if use.raw else {"messages": messages, "task": "", "source": ""}
+    record = {"text": messages[-1]["content"]} if use.raw else {"messages": messages, "task": "", "source": "",
+                                                                **({"tools": tools} if tools else {})}
     ids, cut = _fit(use.encode([record])[0], use.model, use.arch, gen, use.tokenizer.eos_token_id)
     device = next(use.model.parameters()).device
     inp = torch.tensor([ids], device=device)

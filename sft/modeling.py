@@ -148,7 +148,7 @@ def get_tokenizer(recipe: Recipe, train_records: list[dict] | None, arch: str):
         from .data.templates import get_template, render_training
 
         tpl = get_template(recipe.data.template)
-        texts = ["".join(t for t, _ in render_training(tpl, r["messages"], recipe.data.system_prompt))
+        texts = ["".join(t for t, _ in render_training(tpl, r["messages"], recipe.data.system_prompt, r.get("tools")))
                  for r in train_records]
         tokenizer = build_tokenizer(kind, texts, vocab_size=m.tokenizer_vocab_size, arch=arch,
                                     markers=getattr(tpl, "markers", ()), digits=m.tokenizer_digits)

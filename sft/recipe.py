@@ -105,6 +105,9 @@ class DataConfig:
         None, help="With template: tokenizer, a .jinja chat template to use (and save with the model) instead of "
         "the tokenizer's own.")
     max_length: int = _f(256, help="Maximum tokens per example (prompt + answer).", min=8)
+    reasoning: Literal["train", "mask", "drop"] = _f(
+        "train", help="Reasoning in answers (reasoning_content, <think> blocks, typed reasoning parts): train it with "
+        "the answer, mask it (rendered as context, not in the loss; causal models), or drop it from the examples.")
     max_samples: int | None = _f(None, help="Cap on the mixed training set.", min=1)
     eval_ratio: float = _f(0.1, help="Fraction of each source held out for evaluation (0 to disable). The split "
                            "is decided by a stable hash of the prompt, so it does not depend on row order.",

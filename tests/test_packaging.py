@@ -67,6 +67,10 @@ REAL = {
                                            "data.eval_sources=[]", "data.eval_ratio=0.1"]),
     "smollm2/alpaca-lora.yaml": ("chat", ["data.sources.0.path={shared}/data/llamafactory/alpaca_en_demo.json",
                                           "data.chat_template_path={shared}/chat_templates/chat_templates/chatml.jinja"]),
+    "qwen/tools-lora.yaml": ("chat", ["data.sources.0.path={shared}/data/llamafactory/glaive_toolcall_en_demo.json",
+                                      "data.chat_template_path={trl_templates}/qwen2_5.jinja",
+                                      "train.gradient_checkpointing=false", "data.max_length=1024",
+                                      "eval.metrics=[perplexity, exact_match, tool_call_exact]"]),
     "qwen/alpaca-qlora.yaml": ("chat", ["data.sources.0.path={shared}/data/llamafactory/alpaca_en_demo.json",
                                         "data.chat_template_path={shared}/chat_templates/chat_templates/"
                                         "qwen2.5-instruct.jinja", "train.optim=adamw_torch",
@@ -95,10 +99,14 @@ def test_real_recipe_on_local_copy_with_tiny_model(name, tmp_path):
         tok = AutoTokenizer.from_pretrained(f"{SHARED}/tokenizers/gpt2")
         tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
         tok.save_pretrained(f"{tmp_path}/tok")
-    overrides = [o.format(shared=SHARED, fixtures=FIXTURES) for o in data_overrides] + tiny + [
+    trl_templates = os.path.join(os.path.dirname(__import__("trl").__file__), "chat_templates")
+    overrides = [o.format(shared=SHARED, fixtures=FIXTURES, trl_templates=trl_templates) for o in data_overrides] + \
+        tiny + [
         f"train.output_dir={tmp_path}/out", "train.max_steps=2", "train.batch_size=2", "train.report_to=none",
         "data.max_samples=40", "data.max_eval_samples=4", "eval.before=false",
-        "eval.metrics=[perplexity, exact_match]", "eval.generation.max_new_tokens=4", "eval.generation.num_beams=1"]
+        "eval.generation.max_new_tokens=4", "eval.generation.num_beams=1"]
+    if not any(o.startswith("eval.metrics=") for o in overrides):
+        overrides.append("eval.metrics=[perplexity, exact_match]")
     path = os.path.join(ROOT, "recipes", name)
     res = run_cli("train", path, *overrides)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
@@ -113,7 +121,8 @@ def test_real_recipe_on_local_copy_with_tiny_model(name, tmp_path):
 
 # Which sft modules a module may import (top-level or inside functions): nothing runs back up the layers.
 LAYERS = [
-    {"errors", "io", "text", "families", "precision", "distributed", "evaluation.metrics", "evaluation.sql"},
+    {"errors", "io", "text", "families", "precision", "distributed", "toolcalls", "evaluation.metrics",
+     "evaluation.sql"},
     {"recipe", "data", "rundir", "switches", "passthrough"},
     {"tokenizer", "modeling", "prepare"},
     {"evaluation"},

@@ -1,5 +1,6 @@
-"""`sft chat MODEL [--compare BASE]`: interactive chat in the model's own template, answers streamed as they
-are generated (stopping at the template's end of turn). /reset clears the history, /exit quits."""
+"""`sft chat MODEL [--compare BASE] [--tools FILE]`: interactive chat in the model's own template, answers streamed
+as they are generated (stopping at the template's end of turn). Tool calls the model writes are shown parsed;
+`/tool TEXT` answers them with a tool result. /reset clears the history, /exit quits."""
 
 from __future__ import annotations
 
@@ -15,20 +16,35 @@ def add_parser(sub) -> None:
     p.add_argument("model", help="an sft output directory, a Hugging Face model folder, or a Hub id")
     p.add_argument("--compare", default=None, help="a base model/output dir whose answers are shown beside")
     p.add_argument("--raw", action="store_true", help="no chat template: each line is plain text to continue")
+    p.add_argument("--tools", default=None, metavar="FILE", help="a JSON list of function specs the model may call")
     add_generation_args(p)
 
 
 def run(args) -> int:
-    chat(args.model, compare=args.compare, gen=generation_overrides(args), raw=args.raw, seed=args.seed)
+    chat(args.model, compare=args.compare, gen=generation_overrides(args), raw=args.raw, seed=args.seed,
+         tools_path=args.tools)
     return 0
 
 
-def _reply(answer, use, messages, gen, prefix: str) -> str:
+def _reply(answer, use, messages, gen, prefix: str, tools=None) -> dict:
+    """The model's turn as a history message: its text, and the tool calls and reasoning parsed out of it."""
+    import json
+
+    from ..data.formats import assistant_message
+    from ..toolcalls import parse, split_reasoning
+
     streamer = _StopStreamer(use.tokenizer, use.stops, prefix)
-    text, cut = answer(use, messages, gen, streamer=streamer.streamer)
+    text, cut = answer(use, messages, gen, streamer=streamer.streamer, tools=tools)
     if cut:
         print("(note: the conversation was left-truncated to fit the model context)", flush=True)
-    return text
+    if use.raw:
+        return {"role": "assistant", "content": text}
+    reasoning, rest = split_reasoning(text)
+    calls = parse(rest).calls
+    for c in calls:
+        print(f"(tool call: {c['name']} {json.dumps(c['arguments'], ensure_ascii=False)})", flush=True)
+    content = rest.split("<tool_call>")[0].strip() if calls else rest.strip()
+    return assistant_message(content, tool_calls=calls, reasoning=reasoning)
 
 
 class _StopStreamer:
@@ -68,14 +84,15 @@ class _StopStreamer:
 
 
 def chat(model_dir: str, *, compare: str | None = None, gen: dict | None = None, stdin=None, out=None,
-         raw: bool = False, seed: int | None = None) -> None:
+         raw: bool = False, seed: int | None = None, tools_path: str | None = None) -> None:
     """Interactive chat. Commands: /reset clears the history, /exit quits. Reads stdin line by line. With `raw`,
     each line is continued as plain text (no template, no history)."""
-    from ..inference import Use, answer, generation_settings, load_use, run_recipe
+    from ..inference import Use, answer, generation_settings, load_use, read_tools, run_recipe
     from ..modeling import load_for_inference, resolve_model_dir
     from ..data.clean import normalise_text
 
     stdin = stdin or getattr(sys.stdin, "buffer", sys.stdin)  # bytes: a bad line is skipped, not fatal
+    tools = read_tools(tools_path)
     use = load_use(model_dir, raw=raw)
     recipe = use.recipe
     g = generation_settings(recipe, gen or {})
@@ -124,11 +141,12 @@ def chat(model_dir: str, *, compare: str | None = None, gen: dict | None = None,
             print(f"you> {text}", flush=True)
         if raw:
             history, base_history = [], []
-        history.append({"role": "user", "content": normalise_text(text, recipe.data.clean.normalize)})
-        reply = _reply(answer, use, history, g, "model> ")
-        history.append({"role": "assistant", "content": reply})
+        role = "user"
+        if text.startswith("/tool ") and not raw:  # a tool result for the model's last call
+            role, text = "tool", text[len("/tool "):].strip()
+        history.append({"role": role, "content": normalise_text(text, recipe.data.clean.normalize)})
+        history.append(_reply(answer, use, history, g, "model> ", tools))
         if base is not None:
-            base_history.append({"role": "user", "content": text})
-            b_reply = _reply(answer, base, base_history, g, "base> ")
-            base_history.append({"role": "assistant", "content": b_reply})
+            base_history.append({"role": role, "content": text})
+            base_history.append(_reply(answer, base, base_history, g, "base> ", tools))
     print("bye", flush=True)

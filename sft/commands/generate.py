@@ -17,6 +17,8 @@ def add_parser(sub) -> None:
                    help="no template: continue each row's 'prompt' (or 'text') as plain text (base models)")
     p.add_argument("--num-return-sequences", type=int, default=1,
                    help="answers per row (needs --do-sample or as many beams); all go to 'predictions'")
+    p.add_argument("--tools", default=None, metavar="FILE",
+                   help="a JSON list of function specs given to every row without its own 'tools'")
     add_generation_args(p)
 
 
@@ -25,7 +27,8 @@ def run(args) -> int:
     from ..io import write_text_atomic
 
     rows, cut = generate_rows(args.model, args.input, args.out, generation_overrides(args), batch_size=args.batch_size,
-                              raw=args.raw, num_return_sequences=args.num_return_sequences, seed=args.seed)
+                              raw=args.raw, num_return_sequences=args.num_return_sequences, seed=args.seed,
+                              tools_path=args.tools)
     if cut:
         print(f"[sft] note: {cut} prompt(s) left-truncated to fit the model context", file=sys.stderr, flush=True)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)

@@ -55,7 +55,21 @@ def prompt_key(record: dict) -> str:
     last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=len(msgs))
     if not any(m["content"] or m.get("input") for m in msgs[:last]):
         last = len(msgs)
-    return json.dumps([[m["role"], m["content"], m.get("input", "")] for m in msgs[:last]], ensure_ascii=False)
+    return json.dumps([message_key(m) for m in msgs[:last]] + ([record["tools"]] if record.get("tools") else []),
+                      ensure_ascii=False)
+
+
+def message_key(m: dict) -> list:
+    """What identifies a message: role, text, input, and its tool calls and reasoning where it has them."""
+    key = [m["role"], m["content"], m.get("input", "")]
+    if m.get("tool_calls") or m.get("reasoning"):
+        key += [m.get("tool_calls") or [], m.get("reasoning") or ""]
+    return key
+
+
+def has_answer(m: dict) -> bool:
+    """An assistant turn says something: text or a tool call (reasoning alone is not an answer)."""
+    return bool(m["content"] or m.get("tool_calls"))
 
 
 def clean_records(records: list[dict], *, normalize_form: str = "nfc", dedupe: bool = True,
@@ -75,8 +89,8 @@ def clean_records(records: list[dict], *, normalize_form: str = "nfc", dedupe: b
                     if marker in content:
                         content = content.replace(marker, "")
                         report.edit(f"removed literal {marker} from an answer")
-            for key, text in (("content", content), ("input", m.get("input"))):
-                if key == "input" and "input" not in m:
+            for key, text in (("content", content), ("input", m.get("input")), ("reasoning", m.get("reasoning"))):
+                if key != "content" and key not in m:
                     continue
                 text = text or ""
                 normal = normalize(text, normalize_form)
@@ -93,7 +107,7 @@ def clean_records(records: list[dict], *, normalize_form: str = "nfc", dedupe: b
             rec = {**rec, "task": task}
         answers = [m for m in msgs if m["role"] == "assistant"]
         users = [m for m in msgs if m["role"] in ("user", "tool")]
-        if not answers or not answers[-1]["content"]:
+        if not answers or not has_answer(answers[-1]):
             report.drop("empty answer", source=rec.get("source"))
             continue
         if not users or not any(m["content"] or m.get("input") for m in users):
@@ -104,7 +118,7 @@ def clean_records(records: list[dict], *, normalize_form: str = "nfc", dedupe: b
                 continue
         rec = {**rec, "messages": msgs}
         if dedupe:
-            key = json.dumps([[m["role"], m["content"], m.get("input", "")] for m in msgs], ensure_ascii=False)
+            key = json.dumps([message_key(m) for m in msgs] + [rec.get("tools") or []], ensure_ascii=False)
             # a 128-bit digest stands for the text: a million examples' keys would otherwise sit in memory
             key = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
             if key in seen:

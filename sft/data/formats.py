@@ -1,10 +1,17 @@
 """Registry of dataset formats: raw rows -> the one canonical record.
 
     {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str, ...}, ...],
-     "task": str, "source": str}
+     "tools": [function spec, ...]?, "task": str, "source": str}
 
 A user message may carry `input` (the alpaca input field) so templates that have an input section
 can render it; a message may carry `loss: False` to keep that assistant turn out of the loss.
+An assistant message may carry `tool_calls` ([{"name": str, "arguments": dict, "id"?: str}]) and
+`reasoning` (text); a tool message carries the call's output as `content`, and `name` / `tool_call_id`
+where the data gives them. `tools` are JSON-schema function specs as {"type": "function", "function":
+{...}}. Every format converts tool calls and reasoning into these fields (the readers below are shared), so
+templates render them and nothing is pasted into prompt text. A conversation whose reasoning sits before a
+later user turn is split there (`split_at_reasoning`): each turn is trained once, in the context a template
+shows when that turn is generated.
 A format is one `Format` entry: `detect(row)` and `convert(row, columns)`. Adding a format touches
 nothing else.
 """
@@ -12,6 +19,7 @@ nothing else.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -86,7 +94,94 @@ def _alpaca(row: dict, columns: dict) -> list[list[dict]]:
 
 
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
-                   "function_call": "assistant", "observation": "tool", "tool": "tool", "function": "tool"}
+                   "function_call": "assistant", "observation": "tool", "tool": "tool", "function": "tool",
+                   "ipython": "tool"}
+NOTE = "_note"  # a message key convert_rows pops and counts as an edit (something kept, but not as given)
+
+
+def _json(value, what: str):
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError):
+        raise BadRow(f"{what} is not valid JSON") from None
+
+
+def tools_of(row: dict, columns: dict) -> list[dict] | None:
+    """The row's tool specs (a list, or a JSON string of one), each as {"type": "function", "function": spec}."""
+    value = lookup(row, columns.get("tools", "tools"))
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, str):
+        value = _json(value, "'tools'")
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise BadRow("'tools' is not a list of function specs")
+    out = []
+    for t in value:
+        spec = t.get("function") if t.get("type", "function") == "function" and isinstance(t.get("function"), dict) \
+            else t
+        if not isinstance(spec.get("name"), str) or not spec["name"]:
+            raise BadRow("a tool spec has no name")
+        out.append({"type": "function", "function": spec})
+    return out or None
+
+
+def _call(value) -> dict:
+    """One tool call in any common shape -> {"name", "arguments": dict(, "id")}. OpenAI ({"function": {"name",
+    "arguments": JSON text}}), TRL (arguments an object), bare {"name", "arguments" | "parameters"}."""
+    if not isinstance(value, dict):
+        raise BadRow("a tool call is not an object")
+    fn = value.get("function") if isinstance(value.get("function"), dict) else value
+    name = fn.get("name")
+    if not isinstance(name, str) or not name:
+        raise BadRow("a tool call has no function name")
+    args = fn.get("arguments", fn.get("parameters", {}))
+    if isinstance(args, str):
+        args = _json(args, "tool call arguments") if args.strip() else {}
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise BadRow("tool call arguments are not a JSON object")
+    call = {"name": name, "arguments": args}
+    if isinstance(value.get("id"), str) and value["id"]:
+        call["id"] = value["id"]
+    return call
+
+
+def _calls(value) -> list[dict]:
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        raise BadRow("tool_calls is not a list")
+    return [_call(v) for v in value]
+
+
+THINK = re.compile(r"\A\s*<think>(.*?)</think>\s*", re.S)
+
+
+def _reasoning_field(t: dict):
+    for key in ("reasoning_content", "reasoning", "thinking"):
+        value = t.get(key)
+        if value is not None:
+            if not isinstance(value, str):
+                raise BadRow(f"non-string field '{key}'")
+            return value
+    return None
+
+
+def assistant_message(content: str, *, tool_calls: list | None = None, reasoning: str | None = None) -> dict:
+    """An assistant turn; a leading <think>...</think> block in the content becomes its reasoning."""
+    if reasoning is None:
+        m = THINK.match(content)
+        if m:
+            reasoning, content = m.group(1).strip("\n"), content[m.end():]
+    msg = {"role": "assistant", "content": content}
+    if tool_calls:
+        msg["tool_calls"] = tool_calls
+    if reasoning:
+        msg["reasoning"] = reasoning
+    return msg
 
 
 def _sharegpt(row: dict, columns: dict) -> list[list[dict]]:
@@ -95,39 +190,63 @@ def _sharegpt(row: dict, columns: dict) -> list[list[dict]]:
         raise BadRow("'conversations' is not a non-empty list")
     msgs = []
     system = row.get("system")
-    tools = row.get("tools")
-    sys_text = system if isinstance(system, str) else ""
-    if tools:
-        sys_text = (sys_text + "\n\n" if sys_text else "") + "Available tools:\n" + (
-            tools if isinstance(tools, str) else json.dumps(tools, ensure_ascii=False))
-    if sys_text:
-        msgs.append({"role": "system", "content": sys_text})
+    if isinstance(system, str) and system:
+        msgs.append({"role": "system", "content": system})
     for t in turns:
         if not isinstance(t, dict):
             raise BadRow("a conversation turn is not an object")
-        role = _SHAREGPT_ROLES.get(str(t.get("from", "")).lower())
+        kind = str(t.get("from", "")).lower()
+        role = _SHAREGPT_ROLES.get(kind)
         if role is None:
             raise BadRow(f"unknown ShareGPT role {t.get('from')!r}")
-        msgs.append({"role": role, "content": _text(t, "value")})
+        text = _text(t, "value")
+        if kind == "function_call":  # glaive / LLaMA-Factory: a JSON call (or a list of parallel calls)
+            try:
+                msgs.append(assistant_message("", tool_calls=_calls(json.loads(text))))
+            except (ValueError, RecursionError, BadRow):
+                msgs.append({"role": "assistant", "content": text, NOTE: "function_call that is not a JSON call, "
+                             "kept as text"})
+            continue
+        if role == "tool":
+            msg = {"role": "tool", "content": text}
+            prev = msgs[-1] if msgs else {}
+            if len(prev.get("tool_calls") or ()) == 1:
+                msg["name"] = prev["tool_calls"][0]["name"]
+            msgs.append(msg)
+            continue
+        msgs.append(assistant_message(text) if role == "assistant" else {"role": role, "content": text})
     return [msgs]
 
 
-def _content_text(content) -> str:
+def _content_parts(content) -> tuple[str, list[dict], str | None]:
+    """Message content -> (text, tool calls, reasoning). Typed parts: text, reasoning, tool_call (LLaMA-Factory:
+    {"type", "value"}; OpenAI: {"type": "text", "text"})."""
     if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # typed parts: [{"type": "text", "value"|"text": ...}]
-        parts = []
-        for p in content:
-            if isinstance(p, dict) and p.get("type", "text") == "text":
-                parts.append(str(p.get("value", p.get("text", ""))))
-            elif isinstance(p, str):
-                parts.append(p)
-            else:
-                raise BadRow(f"unsupported content part of type {p.get('type') if isinstance(p, dict) else p!r}")
-        return "".join(parts)
+        return content, [], None
     if content is None:
-        raise BadRow("null message content")
-    raise BadRow("non-string message content")
+        return "", [], None
+    if not isinstance(content, list):
+        raise BadRow("non-string message content")
+    text, calls, reasoning = [], [], []
+    for p in content:
+        if isinstance(p, str):
+            text.append(p)
+            continue
+        if not isinstance(p, dict):
+            raise BadRow(f"unsupported content part {p!r:.40}")
+        kind = p.get("type", "text")
+        value = p["value"] if "value" in p else p.get(kind, p.get("text"))
+        if kind == "text":
+            text.append("" if value is None else str(value))
+        elif kind in ("reasoning", "thinking"):
+            if not isinstance(value, str):
+                raise BadRow("a reasoning part is not text")
+            reasoning.append(value)
+        elif kind in ("tool_call", "function_call"):
+            calls += _calls(_json(value, "a tool_call part") if isinstance(value, str) else value)
+        else:
+            raise BadRow(f"unsupported content part of type {kind!r}")
+    return "".join(text), calls, "".join(reasoning) if reasoning else None
 
 
 def _messages(row: dict, columns: dict) -> list[list[dict]]:
@@ -142,7 +261,31 @@ def _messages(row: dict, columns: dict) -> list[list[dict]]:
         role = _SHAREGPT_ROLES.get(str(t["role"]).lower())
         if role is None:
             raise BadRow(f"unknown role {t['role']!r}")
-        m = {"role": role, "content": _content_text(t.get("content"))}
+        content = t.get("content")
+        if role == "tool" and isinstance(content, (dict, list)) and not _typed_parts(content):
+            content = json.dumps(content, ensure_ascii=False)  # a structured tool result, as its JSON text
+        text, calls, reasoning = _content_parts(content)
+        if role == "assistant":
+            calls += _calls(t["tool_calls"]) if t.get("tool_calls") else []
+            if isinstance(t.get("function_call"), dict):  # OpenAI's older single-call field
+                calls.append(_call(t["function_call"]))
+            field_reasoning = _reasoning_field(t)
+            reasoning = field_reasoning if field_reasoning is not None else reasoning
+            if content is None and not calls:
+                raise BadRow("null message content")
+            m = assistant_message(text, tool_calls=calls, reasoning=reasoning)
+        else:
+            if content is None:
+                raise BadRow("null message content")
+            if calls or reasoning:
+                raise BadRow(f"a {role} message carries a tool call or reasoning")
+            m = {"role": role, "content": text}
+            if role == "user" and isinstance(t.get("input"), str) and t["input"]:
+                m["input"] = t["input"]
+            if role == "tool":
+                for k in ("name", "tool_call_id"):
+                    if isinstance(t.get(k), str) and t[k]:
+                        m[k] = t[k]
         weight = t.get("loss_weight")
         if weight is not None:
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight != weight:
@@ -151,6 +294,30 @@ def _messages(row: dict, columns: dict) -> list[list[dict]]:
                 m["loss"] = False
         msgs.append(m)
     return [msgs]
+
+
+def _typed_parts(content) -> bool:
+    return isinstance(content, list) and all(isinstance(p, dict) and "type" in p for p in content)
+
+
+def split_at_reasoning(msgs: list[dict]) -> list[list[dict]]:
+    """Templates such as Qwen3, DeepSeek-R1 and gpt-oss drop the reasoning of turns before the last user turn, so
+    an earlier turn is never shown, in a whole conversation, as it was generated. A conversation whose reasoning
+    sits before a later user turn becomes one example per such user turn: each ends just before a user turn that
+    follows reasoning, and trains only the turns since the previous cut (earlier ones are context, loss off).
+    Every turn is trained once, in the context it is generated in, whatever the template."""
+    users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
+    cuts = [u for u in users[1:] if any(m.get("reasoning") for m in msgs[:u] if m["role"] == "assistant")]
+    if not cuts:
+        return [msgs]
+    out, prev = [], 0
+    for cut in cuts + [len(msgs)]:
+        part = [({**m, "loss": False} if m["role"] == "assistant" and i < prev else m)
+                for i, m in enumerate(msgs[:cut])]
+        if any(m["role"] == "assistant" and m.get("loss", True) for m in part[prev:]):
+            out.append(part)
+        prev = cut
+    return out
 
 
 def _prompt_completion(row: dict, columns: dict) -> list[list[dict]]:
@@ -197,7 +364,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
     Format("sharegpt", lambda r: isinstance(r.get("conversations"), list), _sharegpt, ("conversations",),
            "conversations: [{from, value}] (human/gpt/system/function_call/observation), optional tools"),
     Format("messages", lambda r: isinstance(r.get("messages"), list), _messages, ("messages",),
-           "messages: [{role, content}] (content may be typed parts; loss_weight 0 masks a turn)"),
+           "messages: [{role, content, tool_calls?, reasoning_content?}] (typed parts text/reasoning/tool_call; "
+           "loss_weight 0 masks a turn), optional tools"),
     Format("self-instruct", lambda r: "instruction" in r and isinstance(r.get("instances"), list), _self_instruct,
            ("instruction", "instances"), "instruction + instances [{input, output}] -> one example per instance"),
     Format("prompt-completion", lambda r: "prompt" in r and "completion" in r, _prompt_completion,
@@ -262,10 +430,10 @@ def check_columns(fmt: str, rows: list[dict], columns: dict, *, file: str, field
         if not columns.get("completion"):
             raise DataError("format: columns needs columns.completion (and usually columns.prompt)", file=file,
                             field=f"{field}.columns", fix="e.g. columns: {prompt: mr, completion: ref}")
-        unknown_keys = set(columns) - {"prompt", "completion", "input", "system", "task"}
+        unknown_keys = set(columns) - {"prompt", "completion", "input", "system", "task", "tools"}
         if unknown_keys:
             raise DataError(f"unknown mapping key(s) {sorted(unknown_keys)}", file=file, field=f"{field}.columns",
-                            fix="map prompt, completion, input, system or task")
+                            fix="map prompt, completion, input, system, task or tools")
         return
     if fmt == "text" and columns:
         if set(columns) != {"text"}:
@@ -281,24 +449,30 @@ def check_columns(fmt: str, rows: list[dict], columns: dict, *, file: str, field
 def _check_unicode(msgs: list[dict]) -> None:
     """Text that is not valid Unicode (a lone surrogate such as a JSON "\\ud800" escape) cannot be tokenised or
     written: the row is dropped and counted, not an internal error later."""
-    for m in msgs:
-        for v in m.values():
-            if isinstance(v, str) and not v.isascii():
-                try:
-                    v.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise BadRow("text is not valid Unicode (a lone surrogate)") from None
+    try:
+        json.dumps(msgs, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRow("text is not valid Unicode (a lone surrogate)") from None
 
 
-def convert_rows(fmt: str, rows: list[dict], columns: dict) -> tuple[list[tuple[list[dict], dict]], dict]:
-    """[(messages, row)] and a Counter-like dict of rows dropped by reason."""
+def convert_rows(fmt: str, rows: list[dict], columns: dict) -> tuple[list[tuple[list[dict], dict, list | None]], dict,
+                                                                dict]:
+    """[(messages, row, tools)], a Counter-like dict of rows dropped by reason, and one of edits by reason
+    (turns kept in another form)."""
     conv = FORMATS[fmt].convert
-    out, drops = [], {}
+    out, drops, edits = [], {}, {}
     for row in rows:
         try:
+            tools = tools_of(row, columns) if fmt != "text" else None
+            converted = []
             for msgs in conv(row, columns):
                 _check_unicode(msgs)
-                out.append((msgs, row))
+                for m in msgs:
+                    note = m.pop(NOTE, None)
+                    if note:
+                        edits[note] = edits.get(note, 0) + 1
+                converted.append((msgs, row, tools))
+            out += converted
         except BadRow as e:
             drops[str(e)] = drops.get(str(e), 0) + 1
-    return out, drops
+    return out, drops, edits

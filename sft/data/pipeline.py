@@ -49,6 +49,13 @@ def _task_of(src: SourceConfig, row: dict, default: str) -> str:
     return default
 
 
+def eval_source_names(cfg: DataConfig) -> list[str]:
+    """Names of data.eval_sources: as `source_names`, with `:eval` added where a training source has the same
+    name (the same file or builtin read twice), so each side's counts stay its own."""
+    train = set(source_names(cfg.sources))
+    return [f"{n}:eval" if n in train else n for n in source_names(cfg.eval_sources)]
+
+
 def source_names(srcs: list[SourceConfig]) -> list[str]:
     """Report names for sources: the file's base name, widened with its folder (or the source's position)
     where two sources would otherwise share one."""
@@ -67,7 +74,8 @@ def source_names(srcs: list[SourceConfig]) -> list[str]:
 
 
 def iter_source(src: SourceConfig, index: int, *, field_prefix: str, seed: int, report: DropReport,
-                per_source: dict, recipe_file: str | None = None, name: str | None = None) -> Iterator[list[dict]]:
+                per_source: dict, recipe_file: str | None = None, name: str | None = None,
+                reasoning: str = "train") -> Iterator[list[dict]]:
     """One source's canonical records, a piece at a time (the format is detected and the columns checked on the
     first rows); its `per_source` entry is written once the source has been read through."""
     field_name = f"{field_prefix}.{index}"
@@ -76,7 +84,7 @@ def iter_source(src: SourceConfig, index: int, *, field_prefix: str, seed: int, 
     for chunk in sources.iter_rows(src.path, split=src.split, subset=src.subset, field=f"{field_name}.path",
                                    num_examples=src.num_examples, tasks=src.tasks, seed=seed):
         fmt = fmt or source_format(src, chunk, field_name, recipe_file)
-        records, dropped = records_from_rows(src, fmt, chunk, name, report)
+        records, dropped = records_from_rows(src, fmt, chunk, name, report, reasoning)
         rows, examples, rows_dropped = rows + len(chunk), examples + len(records), rows_dropped + dropped
         yield records
     if not rows:
@@ -108,17 +116,39 @@ def source_format(src: SourceConfig, sample: list[dict], field_name: str, recipe
     return fmt
 
 
-def records_from_rows(src: SourceConfig, fmt: str, rows: list[dict], name: str,
-                      report: DropReport) -> tuple[list[dict], int]:
-    """Raw rows -> canonical records (messages, task, source), and how many rows could not be converted (each
-    counted in `report` by reason)."""
+def records_from_rows(src: SourceConfig, fmt: str, rows: list[dict], name: str, report: DropReport,
+                      reasoning: str = "train") -> tuple[list[dict], int]:
+    """Raw rows -> canonical records (messages, tools, task, source), and how many rows could not be converted
+    (each counted in `report` by reason). `reasoning` (data.reasoning): train, mask (kept out of the loss) or drop;
+    a conversation whose kept reasoning precedes a later user turn is split there (`formats.split_at_reasoning`)."""
     if src.replace:
         rows = [_replace_placeholders(r, src.replace) for r in rows]
-    converted, drops = formats.convert_rows(fmt, rows, src.columns)
+    converted, drops, edits = formats.convert_rows(fmt, rows, src.columns)
     for reason, n in drops.items():
         report.drop(f"{name}: {reason}", n)
-    return [{"messages": msgs, "task": _task_of(src, row, name), "source": name,
-             **({"allow_empty_prompt": True} if fmt == "text" else {})} for msgs, row in converted], sum(drops.values())
+    records = []
+    for msgs, row, tools in converted:
+        if any(m.get("reasoning") for m in msgs):
+            msgs = [apply_reasoning(m, reasoning) for m in msgs]
+        parts = formats.split_at_reasoning(msgs)
+        if len(parts) > 1:
+            edits["conversation split at user turns that follow reasoning"] = \
+                edits.get("conversation split at user turns that follow reasoning", 0) + 1
+        records += [{"messages": p, "task": _task_of(src, row, name), "source": name,
+                     **({"tools": tools} if tools else {}),
+                     **({"allow_empty_prompt": True} if fmt == "text" else {})} for p in parts]
+    for reason, n in edits.items():
+        report.edit(f"{name}: {reason}", n)
+    return records, sum(drops.values())
+
+
+def apply_reasoning(m: dict, mode: str) -> dict:
+    """data.reasoning on one message: drop removes its reasoning, mask keeps it out of the loss."""
+    if not m.get("reasoning") or mode == "train":
+        return m
+    if mode == "drop":
+        return {k: v for k, v in m.items() if k != "reasoning"}
+    return {**m, "reasoning_loss": False}
 
 
 def _replace_placeholders(row, mapping: dict):
@@ -391,10 +421,11 @@ def split_corpus(cfg: DataConfig, *, recipe_file: str | None = None, workdir: st
 
     def load_all(srcs: list[SourceConfig], prefix: str) -> list[range]:
         out = []
-        for i, (src, name) in enumerate(zip(srcs, source_names(srcs))):
+        names = source_names(srcs) if prefix == "data.sources" else eval_source_names(cfg)
+        for i, (src, name) in enumerate(zip(srcs, names)):
             start, seen, cleaning = len(store), set(), DropReport()  # duplicates are found within a source
             for recs in iter_source(src, i, field_prefix=prefix, seed=cfg.seed, report=report, per_source=per_source,
-                                    recipe_file=recipe_file, name=name):
+                                    recipe_file=recipe_file, name=name, reasoning=cfg.reasoning):
                 store.add(clean_records(recs, normalize_form=cfg.clean.normalize, dedupe=cfg.clean.dedupe,
                                         strip_eos_markers=cfg.clean.strip_eos_markers, report=cleaning, seen=seen),
                           name)
@@ -528,6 +559,31 @@ def _tokenize_many(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
+def _whole_text_runs(tokenizer, rendered: list[list]) -> list[list[tuple[list[int], bool]]]:
+    """Each rendering tokenised as one text, cut into runs of tokens that are trained (overlap a trained span)
+    or not."""
+    texts = ["".join(t for t, _ in segs) for segs in rendered]
+    if not texts:
+        return []
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for segs, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"]):
+        spans, pos = [], 0
+        for text, trained in segs:
+            if trained and text:
+                spans.append((pos, pos + len(text)))
+            pos += len(text)
+        runs: list[tuple[list[int], bool]] = []
+        for tok, (a, b) in zip(ids, offsets):
+            flag = any(a < e and s < max(b, a + 1) for s, e in spans)
+            if runs and runs[-1][1] == flag:
+                runs[-1][0].append(tok)
+            else:
+                runs.append(([tok], flag))
+        out.append(runs)
+    return out
+
+
 def encode_rows(records: list[dict], tokenizer, template, *, arch: str, max_length: int, overlong: str = "drop",
                 system: str | None = None, final_only: bool = False) -> list[tuple]:
     """Per record: (feature or None, drop reason or None, edit or None, token length before trimming or None).
@@ -538,17 +594,24 @@ def encode_rows(records: list[dict], tokenizer, template, *, arch: str, max_leng
     rendered, out = [], []
     for r in records:
         try:
-            rendered.append(render_training(template, r["messages"], system))
+            rendered.append(render_training(template, r["messages"], system, r.get("tools")))
         except TemplateRejected as e:  # one conversation the chat template refuses: dropped and counted
             rendered.append(e.reason)
-    flat = [t for segs in rendered if not isinstance(segs, str) for t, _ in segs]
-    ids_flat = iter(_tokenize_many(tokenizer, flat))
+    # A chat template's text is tokenised whole, as apply_chat_template(tokenize=True) and a server tokenise it, and
+    # a token is trained where it overlaps a trained span (as return_assistant_tokens_mask marks it); built-in
+    # templates tokenise span by span (their recorded losses and benchmark tables pin that).
+    whole = getattr(template, "whole_text", False) and arch == "causal" and getattr(tokenizer, "is_fast", False)
+    kept = [segs for segs in rendered if not isinstance(segs, str)]
+    if whole:
+        runs = iter(_whole_text_runs(tokenizer, kept))
+    else:
+        ids_flat = iter(_tokenize_many(tokenizer, [t for segs in kept for t, _ in segs]))
     no_answer = "no trained token (no answer, or every answer has loss_weight 0)"
     for rec, segs in zip(records, rendered):
         if isinstance(segs, str):
             out.append((None, segs, None, None))
             continue
-        seg_ids = [(next(ids_flat), trained) for _, trained in segs]
+        seg_ids = next(runs) if whole else [(next(ids_flat), trained) for _, trained in segs]
         last = max((i for i, (_, t) in enumerate(seg_ids) if t), default=None)
         if last is None:
             out.append((None, no_answer, None, None))
@@ -626,7 +689,7 @@ def encode_prompts(records: list[dict], tokenizer, template_spec: str, *, arch: 
                    system: str | None = None) -> list[list[int]]:
     """Inference prompts, tokenised exactly as the training prefix of the final answer."""
     template = get_template(template_spec, tokenizer)
-    rendered = [render_prompt_segments(template, r["messages"], system) for r in records]
+    rendered = [render_prompt_segments(template, r["messages"], system, r.get("tools")) for r in records]
     flat = [t for segs in rendered for t, _ in segs]
     ids_flat = iter(_tokenize_many(tokenizer, flat))
     out = []
@@ -639,11 +702,15 @@ def encode_prompts(records: list[dict], tokenizer, template_spec: str, *, arch: 
 
 
 def final_answer(record: dict) -> str:
-    return next(m["content"] for m in reversed(record["messages"]) if m["role"] == "assistant")
+    """The reference an evaluation scores: the final answer's text, and its tool calls in the built-in tool
+    format (`<tool_call>` JSON, which the tool-call metrics parse); its reasoning is not part of it."""
+    from .templates import answer_body
+
+    return answer_body(next(m for m in reversed(record["messages"]) if m["role"] == "assistant"))
 
 
 def prompt_text(record: dict, template_spec: str, system: str | None = None, tokenizer=None) -> str:
-    return render_prompt(get_template(template_spec, tokenizer), record["messages"], system)
+    return render_prompt(get_template(template_spec, tokenizer), record["messages"], system, record.get("tools"))
 
 
 def count_by(records: list[dict], key: str) -> dict:

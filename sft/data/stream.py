@@ -18,8 +18,8 @@ from ..recipe import SourceConfig
 from . import sources
 from .arrow import Encoder, feature_schema
 from .clean import DropReport, clean_records, prompt_key
-from .pipeline import (allocate, hash_split, load_source, records_from_rows, source_format, source_names,
-                       split_hash)
+from .pipeline import (allocate, eval_source_names, hash_split, load_source, records_from_rows, source_format,
+                       source_names, split_hash)
 
 BUILDERS = sources.STREAM_BUILDERS
 SHUFFLE_BUFFER = 10_000  # records held per source to decorrelate file order (LLaMA-Factory's default is 16,384)
@@ -89,7 +89,7 @@ class ToRecords:
     def __call__(self, batch: dict) -> dict:
         keys = list(batch)
         rows = [dict(zip(keys, values)) for values in zip(*(batch[k] for k in keys))]
-        records, _ = records_from_rows(self.src, self.fmt, rows, self.name, self.report)
+        records, _ = records_from_rows(self.src, self.fmt, rows, self.name, self.report, self.d.reasoning)
         c = self.d.clean
         records = clean_records(records, normalize_form=c.normalize, dedupe=False, strip_eos_markers=c.strip_eos_markers,
                                 report=self.report)
@@ -156,10 +156,10 @@ def _eval_records(streams, d, recipe_file, per_source) -> list[dict]:
     stream counts its own rows."""
     if d.eval_sources:
         report, recs = DropReport(), []
-        names = source_names(d.eval_sources)
+        names = eval_source_names(d)
         for i, src in enumerate(d.eval_sources):
             part = load_source(src, i, field_prefix="data.eval_sources", seed=d.seed, report=report,
-                               per_source=per_source, recipe_file=recipe_file, name=names[i])
+                               per_source=per_source, recipe_file=recipe_file, name=names[i], reasoning=d.reasoning)
             recs.append(clean_records(part, normalize_form=d.clean.normalize, dedupe=d.clean.dedupe,
                                       strip_eos_markers=d.clean.strip_eos_markers, report=report))
         sizes = allocate([len(p) for p in recs], d.max_eval_samples)  # chosen as the prepared path chooses them

@@ -27,7 +27,7 @@ ALPACA_PROMPT_NO_INPUT = "Below is an instruction that describes a task. Write a
 @dataclass(frozen=True)
 class Template:
     name: str
-    render: Callable[[list[dict], str | None], list[Segment]]
+    render: Callable[..., list[Segment]]  # (messages, system, tools) -> segments
     stop: tuple[str, ...] = ()  # text markers that end an answer at inference (besides EOS)
     doc: str = ""
     appends_eos: bool = True  # training appends the tokenizer's EOS after the final answer
@@ -38,12 +38,61 @@ def _user_text(m: dict) -> str:
     return m["content"] + (f"\n\n{m['input']}" if m.get("input") else "")
 
 
-def _alpaca(messages: list[dict], system: str | None) -> list[Segment]:
+# The built-in templates' one tool format (Hermes / Qwen2.5 wording): the tools list closes the system text, a
+# call is <tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call> after the answer's text, reasoning
+# opens the answer as <think>\n...\n</think>\n\n, and tool results are `tool` turns. The saved chat templates
+# (BUILTIN_CHAT_TEMPLATES) write the same text.
+TOOLS_HEAD = ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with "
+              "function signatures within <tools></tools> XML tags:\n<tools>")
+TOOLS_TAIL = ("\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
+              "<tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": "
+              "<args-json-object>}\n</tool_call>")
+
+
+def tools_text(tools: list[dict] | None) -> str:
+    import json
+
+    return TOOLS_HEAD + "".join("\n" + json.dumps(t, ensure_ascii=False) for t in tools) + TOOLS_TAIL if tools else ""
+
+
+def call_text(call: dict) -> str:
+    import json
+
+    return "<tool_call>\n" + json.dumps({"name": call["name"], "arguments": call["arguments"]},
+                                        ensure_ascii=False) + "\n</tool_call>"
+
+
+def answer_body(m: dict) -> str:
+    """An answer's text with its tool calls, as the built-in templates write it (reasoning not included)."""
+    body = m["content"]
+    for c in m.get("tool_calls") or ():
+        body += ("\n" if body else "") + call_text(c)
+    return body
+
+
+def think_text(m: dict) -> str:
+    return f"<think>\n{m['reasoning']}\n</think>\n\n" if m.get("reasoning") else ""
+
+
+def _answer(m: dict, suffix: str = "") -> list[Segment]:
+    """An assistant turn's segments: reasoning (kept out of the loss when the record says so), then the answer."""
+    trained = m.get("loss", True)
+    think, body = think_text(m), answer_body(m) + suffix
+    if think and not m.get("reasoning_loss", True):
+        return [(think, False), (body, trained)]
+    return [(think + body, trained)]
+
+
+def _with_tools(text: str, tools) -> str:
+    return (text + "\n\n" if text else "") + tools_text(tools) if tools else text
+
+
+def _alpaca(messages: list[dict], system: str | None, tools=None) -> list[Segment]:
     sys_msgs = [m["content"] for m in messages if m["role"] == "system"]
     first_user = next((m for m in messages if m["role"] == "user"), {})
     preamble = sys_msgs[0] if sys_msgs else system or (
         ALPACA_PROMPT_INPUT if first_user.get("input") else ALPACA_PROMPT_NO_INPUT)
-    segs: list[Segment] = [(preamble + "\n\n", False)]
+    segs: list[Segment] = [(_with_tools(preamble, tools) + "\n\n", False)]
     for m in messages:
         if m["role"] == "user":
             text = f"### Instruction:\n{m['content']}\n\n"
@@ -53,33 +102,36 @@ def _alpaca(messages: list[dict], system: str | None) -> list[Segment]:
         elif m["role"] == "tool":
             segs.append((f"### Observation:\n{m['content']}\n\n### Response:\n", False))
         elif m["role"] == "assistant":
-            segs.append((m["content"], m.get("loss", True)))
+            segs += _answer(m)
             segs.append(("\n\n", False))
     return segs
 
 
-def _chatml(messages: list[dict], system: str | None) -> list[Segment]:
+def _chatml(messages: list[dict], system: str | None, tools=None) -> list[Segment]:
     segs: list[Segment] = []
-    if system and not any(m["role"] == "system" for m in messages):
-        segs.append((f"<|im_start|>system\n{system}<|im_end|>\n", False))
-    for m in messages:
+    first_system = next((i for i, m in enumerate(messages) if m["role"] == "system"), None)
+    if (system or tools) and first_system is None:
+        segs.append((f"<|im_start|>system\n{_with_tools(system or '', tools)}<|im_end|>\n", False))
+    for i, m in enumerate(messages):
         if m["role"] == "assistant":
             segs.append(("<|im_start|>assistant\n", False))
-            segs.append((m["content"] + "<|im_end|>", m.get("loss", True)))
+            segs += _answer(m, "<|im_end|>")
             segs.append(("\n", False))
         else:
-            segs.append((f"<|im_start|>{m['role']}\n{_user_text(m)}<|im_end|>\n", False))
+            text = _with_tools(m["content"], tools) if i == first_system else _user_text(m)
+            segs.append((f"<|im_start|>{m['role']}\n{text}<|im_end|>\n", False))
     return segs
 
 
-def _plain(messages: list[dict], system: str | None) -> list[Segment]:
+def _plain(messages: list[dict], system: str | None, tools=None) -> list[Segment]:
     sys_msgs = [m["content"] for m in messages if m["role"] == "system"]
     segs: list[Segment] = []
-    if sys_msgs or system:
-        segs.append(((sys_msgs[0] if sys_msgs else system) + "\n\n", False))
+    head = _with_tools(sys_msgs[0] if sys_msgs else system or "", tools)
+    if head:
+        segs.append((head + "\n\n", False))
     for m in messages:
         if m["role"] == "assistant":
-            segs.append((m["content"], m.get("loss", True)))
+            segs += _answer(m)
             segs.append(("\n\n", False))
         elif m["role"] != "system":
             segs.append((_user_text(m) + "\n\n", False))
@@ -122,7 +174,7 @@ class JinjaTemplate:
             raise RecipeError(f"template syntax error at line {e.lineno}: {e.message}", field="data.template",
                               fix="fix the Jinja template") from e
 
-    def _prompt(self, context: list[dict], system: str | None) -> str:
+    def _prompt(self, context: list[dict], system: str | None, tools=None) -> str:
         from jinja2.exceptions import SecurityError, UndefinedError
 
         users = [m for m in context if m["role"] == "user"]
@@ -131,14 +183,15 @@ class JinjaTemplate:
         try:
             return _render_bounded(self._tpl, self.name, dict(
                 system=sys_msgs[0] if sys_msgs else (system or ""), instruction=last["content"],
-                input=last.get("input", ""), messages=context, history=context[:-1] if users else []))
+                input=last.get("input", ""), messages=context, history=context[:-1] if users else [],
+                tools=tools or []))
         except SecurityError as e:
             raise RecipeError(f"template tried an unsafe operation ({e})", field="data.template",
                               fix="templates may only read the variables system, instruction, input, messages, "
-                                  "history") from e
+                                  "history, tools") from e
         except UndefinedError as e:
             raise RecipeError(f"template uses an undefined variable ({e.message})", field="data.template",
-                              fix="use system, instruction, input, messages or history") from e
+                              fix="use system, instruction, input, messages, history or tools") from e
         except RecipeError:
             raise
         except Exception as e:  # a runtime error inside the user's template: 1/0, a bad filter argument, ...
@@ -146,19 +199,21 @@ class JinjaTemplate:
                               f"{str(e).splitlines()[0][:120] if str(e) else ''})", field="data.template",
                               fix="fix the template") from e
 
-    def render(self, messages: list[dict], system: str | None) -> list[Segment]:
-        """The prompt, then the final answer. Earlier answers the template writes into the prompt (through
+    def render(self, messages: list[dict], system: str | None, tools=None) -> list[Segment]:
+        """The prompt, then the final answer (its tool calls and reasoning in the built-in tool format). Earlier answers the template writes into the prompt (through
         `messages` or `history`) are trained too: each is located by rendering the prompt with two different
         placeholders in its place, and kept as context if the template does not write it verbatim."""
         answer_idx = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
         context = messages[:answer_idx]
-        prompt = self._prompt(context, system)
+        prompt = self._prompt(context, system, tools)
         spans = []
         for j, m in enumerate(context):
             if m["role"] != "assistant" or not m["content"] or not m.get("loss", True):
                 continue
-            a = self._prompt(context[:j] + [{**m, "content": "\x01" * len(m["content"])}] + context[j + 1:], system)
-            b = self._prompt(context[:j] + [{**m, "content": "\x02" * len(m["content"])}] + context[j + 1:], system)
+            a = self._prompt(context[:j] + [{**m, "content": "\x01" * len(m["content"])}] + context[j + 1:], system,
+                             tools)
+            b = self._prompt(context[:j] + [{**m, "content": "\x02" * len(m["content"])}] + context[j + 1:], system,
+                             tools)
             start = _common_prefix(a, b)
             end = start + len(m["content"])
             if a.count("\x01") == len(m["content"]) and prompt[start:end] == m["content"] and \
@@ -173,7 +228,7 @@ class JinjaTemplate:
             pos = end
         segs.append((prompt[pos:], False))
         if answer_idx < len(messages):
-            segs.append((messages[answer_idx]["content"], messages[answer_idx].get("loss", True)))
+            segs += _answer(messages[answer_idx])
         return segs
 
 
@@ -188,29 +243,50 @@ class TemplateRejected(RecipeError):
 class ChatTemplate:
     """The tokenizer's own chat template (`template: tokenizer`), the Hub convention servers follow.
 
-    Assistant spans are found by rendering, not by searching the answer's text: a span starts where two
-    renderings with different placeholder answers first differ, and ends where the rendering of the
-    conversation cut after that turn stops agreeing with the whole one (trailing whitespace left out). So
-    every assistant turn is trained, its end-of-turn marker included (the model learns to stop), whatever
-    whitespace or `trim` the template adds. Inference prompts are `apply_chat_template(...,
-    add_generation_prompt=True)`, exactly what a server sends."""
+    Messages go to the template in the Hub's shape (tool calls as `tool_calls`, reasoning as
+    `reasoning_content` and `thinking`, tool results as `tool` turns) with the example's `tools`. An assistant
+    turn is trained from where the template's generation prompt for it ends (`apply_chat_template(history,
+    add_generation_prompt=True)`: the context it is generated in) to the end of the turn in the whole rendering,
+    its end-of-turn marker included (the model learns to stop) and trailing whitespace left out. Where the
+    generation prompt is not a prefix of the conversation, the start is where two renderings with different
+    placeholder answers first differ. Inference prompts are `apply_chat_template(..., add_generation_prompt=True,
+    tools=...)`, exactly what a server sends."""
 
     name = "tokenizer"
     appends_eos = False  # the template writes its own end-of-turn (and EOS, if it wants one)
+    whole_text = True  # tokenised as one text, as apply_chat_template(tokenize=True) tokenises it
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.source = tokenizer.chat_template
-        probe = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+        self.string_arguments = False  # the template concatenates tool-call arguments as JSON text (DeepSeek-V3)
+        # `{% generation %}` blocks (TRL's *_training templates) mark the trained text themselves
+        self.generation = bool(re.search(r"\{%-?\s*generation\s*-?%\}", self.source))
+        self.end_of_turn, self.markers = "", ()
+        probe = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "Yq7"}]
         span = next(t for t, trained in self._segments(probe) if trained)
-        self.end_of_turn = span[1:].strip()  # what the template writes after an answer, e.g. <|im_end|>
+        self.end_of_turn = span.rsplit("Yq7", 1)[-1].strip()  # what the template writes after an answer: <|im_end|>
         self.stop = (self.end_of_turn,) if self.end_of_turn else ()
-
-    def _apply(self, messages: list[dict], generation_prompt: bool = False) -> str:
+        # how a turn that is not the last one ends (gpt-oss: <|end|>, or <|call|> after a tool call; Qwen: <|im_end|>)
         try:
-            return self.tokenizer.apply_chat_template(messages, tokenize=False,
+            middle = self._apply(probe + [{"role": "user", "content": "Zq8"}])
+            first = re.findall(r"<[^<>\s]{1,40}>", middle[middle.rindex("Yq7") + 3:middle.rindex("Zq8")])[:1]
+        except (TemplateRejected, ValueError):
+            first = []
+        known = [m for m in END_MARKERS if m in self.source]
+        self.markers = tuple(dict.fromkeys(first + known))
+
+    def _apply(self, messages: list[dict], generation_prompt: bool = False, tools=None) -> str:
+        if self.string_arguments:
+            messages = [_string_arguments(m) for m in messages]
+        try:
+            return self.tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False,
                                                       add_generation_prompt=generation_prompt)
         except Exception as e:
+            if not self.string_arguments and "(not \"dict\") to str" in str(e) and \
+                    any(m.get("tool_calls") for m in messages):
+                self.string_arguments = True
+                return self._apply(messages, generation_prompt, tools)
             cause = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
             raise TemplateRejected(f"the tokenizer's chat template failed ({cause})", reason=cause,
                                    field="data.template", fix="check that the conversation fits the template (e.g. "
@@ -218,47 +294,146 @@ class ChatTemplate:
 
     @staticmethod
     def _messages(messages: list[dict], system: str | None) -> list[dict]:
-        out = [{"role": m["role"], "content": _user_text(m) if m["role"] == "user" else m["content"]}
-               for m in messages]
+        out = [hub_message(m) for m in messages]
         if system and not any(m["role"] == "system" for m in out):
             out.insert(0, {"role": "system", "content": system})
         return out
 
-    def _segments(self, messages: list[dict], trained_flags: list[bool] | None = None) -> list[Segment]:
-        full = self._apply(messages)
+    def _start(self, messages: list[dict], i: int, full: str, tools) -> int:
+        if i > 0:  # a template that writes a generation prompt: the turn starts where that prompt ends
+            try:
+                gen, bare = self._apply(messages[:i], True, tools), self._apply(messages[:i], False, tools)
+            except TemplateRejected:
+                gen = bare = None
+            if gen != bare and full.startswith(gen):
+                return len(gen)
+        m = messages[i]
+        a = self._apply(messages[:i] + [{**m, "content": "\x01\x02A"}] + messages[i + 1:], tools=tools)
+        b = self._apply(messages[:i] + [{**m, "content": "\x03\x04B"}] + messages[i + 1:], tools=tools)
+        start = _common_prefix(a, b)
+        if full[:start] != a[:start]:
+            raise RecipeError("cannot locate assistant turns in the tokenizer's chat template (its text "
+                              "before an answer depends on the answer)", field="data.template",
+                              fix="use a built-in template or a data.chat_template_path without that")
+        return start
+
+    def _end(self, messages: list[dict], i: int, full: str, start: int, tools) -> int:
+        cut = self._apply(messages[: i + 1], tools=tools)
+        agree = _common_prefix(cut, full)
+        end = start + len(full[start:agree].rstrip())
+        if cut[agree:].strip() and self.markers:
+            # the turn renders otherwise when it is last (Qwen3's empty think, gpt-oss's <|return|>): it ends at the
+            # first end-of-turn marker the whole rendering writes after the point where the two stop agreeing
+            found = [(k, k + len(mk)) for mk in self.markers for k in [full.find(mk, end)] if k >= 0]
+            end = min(found)[1] if found else end
+        return end
+
+    def _renders_tools(self, tools) -> bool:
+        """Whether the template writes a tools list at all (DeepSeek-V3's and most older ones ignore `tools=`)."""
+        if not hasattr(self, "_tools_seen"):
+            probe = [{"role": "user", "content": "x"}]
+            self._tools_seen = self._apply(probe, tools=tools) != self._apply(probe)
+        return self._tools_seen
+
+    def _generation_spans(self, messages: list[dict], tools) -> tuple[str, list[tuple[int, int]]]:
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        msgs = [_string_arguments(m) for m in messages] if self.string_arguments else messages
+        try:
+            rendered, spans = render_jinja_template([msgs], tools=tools or None, chat_template=self.source,
+                                                    return_assistant_tokens_mask=True,
+                                                    **self.tokenizer.special_tokens_map)
+        except Exception as e:
+            cause = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+            raise TemplateRejected(f"the tokenizer's chat template failed ({cause})", reason=cause,
+                                   field="data.template", fix="check that the conversation fits the template") from e
+        return rendered[0], [tuple(x) for x in spans[0]]
+
+    def _segments(self, messages: list[dict], trained_flags: list[bool] | None = None, tools=None,
+                  records: list[dict] | None = None) -> list[Segment]:
+        turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        if self.generation:
+            full, spans = self._generation_spans(messages, tools)
+            if len(spans) != len(turns):  # blocks that do not map one to one onto turns: all of them are trained
+                turns, trained_flags, records = list(range(len(spans))), None, None
+        else:
+            full, spans = self._apply(messages, tools=tools), None
+        if tools and not self._renders_tools(tools):
+            raise TemplateRejected("the chat template does not render tools", reason="it does not render tools",
+                                   field="data.template", fix="use a tool-aware template")
         segs: list[Segment] = []
         pos = 0
-        for i, m in enumerate(messages):
-            if m["role"] != "assistant":
-                continue
-            a = self._apply(messages[:i] + [{**m, "content": "\x01\x02A"}] + messages[i + 1:])
-            b = self._apply(messages[:i] + [{**m, "content": "\x03\x04B"}] + messages[i + 1:])
-            start = _common_prefix(a, b)
-            cut = self._apply(messages[: i + 1])
-            end = _common_prefix(cut, full)
-            end = start + len(full[start:end].rstrip())
-            if start < pos or end <= start or full[:start] != a[:start]:
+        for n, i in enumerate(turns):
+            if spans is not None:
+                start, end = spans[n]
+            else:
+                start = self._start(messages, i, full, tools)
+                end = self._end(messages, i, full, start, tools)
+            if start < pos or end <= start:
                 raise RecipeError("cannot locate assistant turns in the tokenizer's chat template (its text "
                                   "before an answer depends on the answer)", field="data.template",
                                   fix="use a built-in template or a data.chat_template_path without that")
+            text = full[start:end]
+            rec = records[i] if records else {}
+            if any(c["name"] not in text for c in rec.get("tool_calls") or ()):
+                raise TemplateRejected("the chat template does not render tool calls",
+                                       reason="it does not render tool calls", field="data.template",
+                                       fix="use a tool-aware template")
+            trained = True if trained_flags is None else trained_flags[i]
             segs.append((full[pos:start], False))
-            segs.append((full[start:end], True if trained_flags is None else trained_flags[i]))
+            reasoning = (rec.get("reasoning") or "").strip()
+            k = text.find(reasoning) if reasoning and not rec.get("reasoning_loss", True) else -1
+            if k >= 0:  # data.reasoning: mask: the reasoning is context, the rest of the turn is trained
+                segs += [(text[:k], trained), (text[k:k + len(reasoning)], False),
+                         (text[k + len(reasoning):], trained)]
+            else:
+                segs.append((text, trained))
             pos = end
         segs.append((full[pos:], False))
         return segs
 
-    def render(self, messages: list[dict], system: str | None) -> list[Segment]:
+    def render(self, messages: list[dict], system: str | None, tools=None) -> list[Segment]:
         msgs = self._messages(messages, system)
         flags = [m.get("loss", True) if m["role"] == "assistant" else False for m in messages]
+        records = list(messages)
         if len(msgs) > len(messages):
-            flags = [False] + flags
-        return self._segments(msgs, flags)
+            flags, records = [False] + flags, [{}] + records
+        return self._segments(msgs, flags, tools, records)
 
-    def render_prompt(self, messages: list[dict], system: str | None) -> str:
+    def render_prompt(self, messages: list[dict], system: str | None, tools=None) -> str:
         msgs = self._messages([m for m in messages], system)
         if msgs and msgs[-1]["role"] == "assistant":
             msgs = msgs[:-1]
-        return self._apply(msgs, generation_prompt=True)
+        return self._apply(msgs, generation_prompt=True, tools=tools)
+
+
+END_MARKERS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<|call|>", "<|return|>", "<end_of_turn>",
+               "<turn|>", "<｜end▁of▁sentence｜>", "<|END_OF_TURN_TOKEN|>", "<|eot|>", "<|endoftext|>", "</s>")
+
+
+def _string_arguments(m: dict) -> dict:
+    import json
+
+    if not m.get("tool_calls"):
+        return m
+    return {**m, "tool_calls": [{**c, "function": {**c["function"], "arguments": json.dumps(
+        c["function"]["arguments"], ensure_ascii=False)}} for c in m["tool_calls"]]}
+
+
+def hub_message(m: dict) -> dict:
+    """An sft message in the shape chat templates read (transformers' convention, as servers send it)."""
+    if m["role"] == "user":
+        return {"role": "user", "content": _user_text(m)}
+    out = {"role": m["role"], "content": m["content"]}
+    if m["role"] == "assistant":
+        if m.get("tool_calls"):
+            out["tool_calls"] = [{"type": "function", "function": {"name": c["name"], "arguments": c["arguments"]},
+                                  **({"id": c["id"]} if c.get("id") else {})} for c in m["tool_calls"]]
+        if m.get("reasoning"):
+            out["reasoning_content"] = out["thinking"] = m["reasoning"]
+    elif m["role"] == "tool":
+        out.update({k: m[k] for k in ("name", "tool_call_id") if m.get(k)})
+    return out
 
 
 def _common_prefix(a: str, b: str) -> int:
@@ -331,28 +506,47 @@ def _render_bounded(tpl, name: str, variables: dict) -> str:
 _SYSTEMS = ("{%- set systems = messages | selectattr('role', 'equalto', 'system') | map(attribute='content') | list -%}"
             "{%- set users = messages | selectattr('role', 'equalto', 'user') | list -%}")
 _INPUT = "{%- set inp = m['input'] if m['input'] is defined and m['input'] else '' -%}"  # sft records' input field
+_TOOLS = (  # TOOLS_HEAD, the tools as JSON, TOOLS_TAIL (tools_text); answer(m): answer_body with think_text
+    "{%- set ns_t = namespace(text='') -%}{%- if tools -%}{%- set ns_t.text = TOOLS_HEAD -%}"
+    "{%- for t in tools -%}{%- set ns_t.text = ns_t.text + '\n' + (t | tojson) -%}{%- endfor -%}"
+    "{%- set ns_t.text = ns_t.text + TOOLS_TAIL -%}{%- endif -%}{%- set TOOLS_TEXT = ns_t.text -%}"
+    "{%- macro with_tools(text) -%}{{- (text + '\n\n' if text else '') + TOOLS_TEXT if TOOLS_TEXT else text -}}"
+    "{%- endmacro -%}"
+    "{%- macro answer(m) -%}{%- set ns_a = namespace(b=(m['content'] or '')) -%}"
+    "{%- if m['tool_calls'] is defined and m['tool_calls'] -%}{%- for c in m['tool_calls'] -%}"
+    "{%- set f = c['function'] if c['function'] is defined else c -%}"
+    "{%- set args = f['arguments'] if f['arguments'] is string else (f['arguments'] | tojson) -%}"
+    "{%- set ns_a.b = ns_a.b + ('\n' if ns_a.b else '') + '<tool_call>\n{\"name\": ' + (f['name'] | tojson) + "
+    "', \"arguments\": ' + args + '}\n</tool_call>' -%}{%- endfor -%}{%- endif -%}"
+    "{%- set r = m['reasoning_content'] if m['reasoning_content'] is defined and m['reasoning_content'] else '' -%}"
+    "{{- ('<think>\n' + r + '\n</think>\n\n' if r else '') + ns_a.b -}}{%- endmacro -%}")
 BUILTIN_CHAT_TEMPLATES = {
-    "alpaca": _SYSTEMS + (
-        "{%- if systems -%}{{- systems[0] -}}{%- elif SYSTEM -%}{{- SYSTEM -}}"
-        "{%- elif users and users[0]['input'] is defined and users[0]['input'] -%}{{- WITH_INPUT -}}"
-        "{%- else -%}{{- NO_INPUT -}}{%- endif -%}{{- '\n\n' -}}"
+    "alpaca": _SYSTEMS + _TOOLS + (
+        "{%- if systems -%}{%- set pre = systems[0] -%}{%- elif SYSTEM -%}{%- set pre = SYSTEM -%}"
+        "{%- elif users and users[0]['input'] is defined and users[0]['input'] -%}{%- set pre = WITH_INPUT -%}"
+        "{%- else -%}{%- set pre = NO_INPUT -%}{%- endif -%}{{- with_tools(pre) + '\n\n' -}}"
         "{%- for m in messages -%}" + _INPUT +
         "{%- if m['role'] == 'user' -%}{{- '### Instruction:\n' + m['content'] + '\n\n' -}}"
         "{%- if inp -%}{{- '### Input:\n' + inp + '\n\n' -}}{%- endif -%}{{- '### Response:\n' -}}"
         "{%- elif m['role'] == 'tool' -%}{{- '### Observation:\n' + m['content'] + '\n\n### Response:\n' -}}"
-        "{%- elif m['role'] == 'assistant' -%}{{- m['content'] + (eos_token if loop.last else '\n\n') -}}"
+        "{%- elif m['role'] == 'assistant' -%}{{- answer(m) + (eos_token if loop.last else '\n\n') -}}"
         "{%- endif -%}{%- endfor -%}"),
-    "chatml": _SYSTEMS + (
-        "{%- if SYSTEM and not systems -%}{{- '<|im_start|>system\n' + SYSTEM + '<|im_end|>\n' -}}{%- endif -%}"
+    "chatml": _SYSTEMS + _TOOLS + (
+        "{%- if (SYSTEM or TOOLS_TEXT) and not systems -%}"
+        "{{- '<|im_start|>system\n' + with_tools(SYSTEM) + '<|im_end|>\n' -}}{%- endif -%}"
+        "{%- set ns_s = namespace(first=true) -%}"
         "{%- for m in messages -%}" + _INPUT +
-        "{%- if m['role'] == 'assistant' -%}{{- '<|im_start|>assistant\n' + m['content'] + '<|im_end|>\n' -}}"
+        "{%- if m['role'] == 'assistant' -%}{{- '<|im_start|>assistant\n' + answer(m) + '<|im_end|>\n' -}}"
+        "{%- elif m['role'] == 'system' and ns_s.first -%}{%- set ns_s.first = false -%}"
+        "{{- '<|im_start|>system\n' + with_tools(m['content']) + '<|im_end|>\n' -}}"
         "{%- else -%}{{- '<|im_start|>' + m['role'] + '\n' + m['content'] + ('\n\n' + inp if inp else '') + "
         "'<|im_end|>\n' -}}{%- endif -%}{%- endfor -%}"
         "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}"),
-    "plain": _SYSTEMS + (
-        "{%- if systems -%}{{- systems[0] + '\n\n' -}}{%- elif SYSTEM -%}{{- SYSTEM + '\n\n' -}}{%- endif -%}"
+    "plain": _SYSTEMS + _TOOLS + (
+        "{%- set head = with_tools(systems[0] if systems else SYSTEM) -%}{%- if head -%}{{- head + '\n\n' -}}"
+        "{%- endif -%}"
         "{%- for m in messages -%}" + _INPUT + "{%- if m['role'] == 'assistant' -%}"
-        "{{- m['content'] + (eos_token if loop.last else '\n\n') -}}"
+        "{{- answer(m) + (eos_token if loop.last else '\n\n') -}}"
         "{%- elif m['role'] != 'system' -%}{{- m['content'] + ('\n\n' + inp if inp else '') + '\n\n' -}}"
         "{%- endif -%}{%- endfor -%}"),
 }
@@ -387,7 +581,8 @@ def chat_template_for(spec: str, system: str | None) -> str | None:
             return None
         return "{%- set SYSTEM = " + _jinja_str(system or "") + " -%}" + _JINJA_WRAPPER + _as_transformers_jinja(
             tpl.source)
-    head = "{%- set SYSTEM = " + _jinja_str(system or "") + " -%}"
+    head = "{%- set SYSTEM = " + _jinja_str(system or "") + " -%}{%- set TOOLS_HEAD = " + _jinja_str(TOOLS_HEAD) + \
+        " -%}{%- set TOOLS_TAIL = " + _jinja_str(TOOLS_TAIL) + " -%}"
     if spec == "alpaca":
         head += ("{%- set NO_INPUT = " + _jinja_str(ALPACA_PROMPT_NO_INPUT) + " -%}{%- set WITH_INPUT = " +
                  _jinja_str(ALPACA_PROMPT_INPUT) + " -%}")
@@ -466,26 +661,26 @@ def merge_segments(segs: list[Segment]) -> list[Segment]:
     return out
 
 
-def render_training(template, messages: list[dict], system: str | None) -> list[Segment]:
+def render_training(template, messages: list[dict], system: str | None, tools=None) -> list[Segment]:
     """Segments up to and including the final answer (trailing context after it is dropped)."""
-    segs = merge_segments(template.render(messages, system))
+    segs = merge_segments(template.render(messages, system, tools))
     last = max((i for i, (_, t) in enumerate(segs) if t), default=-1)
     return segs[: last + 1]
 
 
-def render_prompt(template, messages: list[dict], system: str | None) -> str:
+def render_prompt(template, messages: list[dict], system: str | None, tools=None) -> str:
     """The inference prompt for a conversation that ends with a user (or tool) turn."""
-    segs = render_prompt_segments(template, messages, system)
+    segs = render_prompt_segments(template, messages, system, tools)
     return "".join(t for t, _ in segs)
 
 
-def render_prompt_segments(template, messages: list[dict], system: str | None) -> list[Segment]:
+def render_prompt_segments(template, messages: list[dict], system: str | None, tools=None) -> list[Segment]:
     if hasattr(template, "render_prompt"):  # a chat template renders its own generation prompt
-        return [(template.render_prompt(messages, system), False)]
+        return [(template.render_prompt(messages, system, tools), False)]
     msgs = list(messages)
     if msgs and msgs[-1]["role"] == "assistant":
         msgs = msgs[:-1]
-    segs = merge_segments(template.render(msgs + [{"role": "assistant", "content": "\x00"}], system))
+    segs = merge_segments(template.render(msgs + [{"role": "assistant", "content": "\x00"}], system, tools))
     idx = max(i for i, (t, trained) in enumerate(segs) if trained)
     head = segs[idx][0].split("\x00")[0]  # text a template puts before the answer inside the answer span
     out = segs[:idx]

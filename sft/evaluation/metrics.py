@@ -22,6 +22,10 @@ never changes how a set is scored, and BLEU and ROUGE use the same decision:
   only, a time limit per query) and their results compare as multisets (ordered when the reference has
   ORDER BY); `execution_invalid` is the share of predictions that do not run. Items whose references are not
   SQL that runs are left out of both (a mixed eval set scores its SQL task).
+- `tool_call_exact`: the prediction's tool calls (parsed by `toolcalls.parse`, whichever template family
+  wrote them) equal the reference's: the same function names with JSON-equal arguments, parallel calls in any
+  order. `tool_name_accuracy`: the same function names. Both over the items whose reference calls a tool.
+  `tool_call_parse_rate`: of the predictions that write a tool-call marker, the share that parse into calls.
 Perplexity needs the model and is computed in `perplexity.py`; it is registered here for its unit
 and direction. `evaluate:NAME` metrics load through the `evaluate` package (extra `hub-metrics`).
 Adding a metric is one `register(Metric(...))`; recipes, reports, cards and bench tables read it here.
@@ -380,6 +384,50 @@ register(Metric("execution_accuracy", "text", ("execution_accuracy", "execution_
                 lower_is_better_keys=("execution_invalid",),
                 display={"execution_accuracy": "Execution accuracy", "execution_invalid": "SQL that does not run"},
                 doc="predicted and reference SQL give the same result on eval.sql_database"))
+
+def _reference_calls(references: list[str]):
+    from ..toolcalls import parse
+
+    return next((c for c in (parse(r).calls for r in references) if c), None)
+
+
+def _tool_exact(p: str, r: list[str]) -> dict:
+    from ..toolcalls import parse, same_calls
+
+    ref = _reference_calls(r)
+    return {} if ref is None else {"tool_call_exact": float(same_calls(parse(p).calls, ref))}
+
+
+def _tool_names(p: str, r: list[str]) -> dict:
+    from ..toolcalls import parse, same_names
+
+    ref = _reference_calls(r)
+    return {} if ref is None else {"tool_name_accuracy": float(same_names(parse(p).calls, ref))}
+
+
+def _tool_parse(p: str, r: list[str]) -> dict:
+    from ..toolcalls import parse
+
+    got = parse(p)
+    return {"tool_call_parse_rate": float(got.valid and bool(got.calls))} if got.attempted else {}
+
+
+def _mean_where(per_sample: Callable[..., dict], key: str):
+    """Mean over the items a metric applies to (it returns {} for the others); nothing when none applies."""
+    def corpus(predictions, references, **kw):
+        values = [d[key] for d in (per_sample(p, r, **kw) for p, r in zip(predictions, references)) if key in d]
+        return {key: sum(values) / len(values)} if values else {}
+    return corpus
+
+
+for _name, _fn, _display, _doc in (
+        ("tool_call_exact", _tool_exact, "Tool calls exact",
+         "same tool names and JSON-equal arguments as the reference (parallel calls in any order)"),
+        ("tool_name_accuracy", _tool_names, "Tool names", "same tool names as the reference"),
+        ("tool_call_parse_rate", _tool_parse, "Tool calls that parse",
+         "of the predictions that write a tool-call marker, the share that parse")):
+    register(Metric(_name, "text", (_name,), corpus=_mean_where(_fn, _name), per_sample=_fn,
+                    display={_name: _display}, doc=_doc))
 
 # `evaluate` metrics that take class ids, numbers or SQuAD dicts, not generated text: refused up front
 EVALUATE_NOT_TEXT = {

@@ -24,6 +24,7 @@ from ..distributed import gather, rank_world, shard
 from ..errors import EvalError
 from ..io import read_json, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from ..recipe import Recipe, load_recipe
+from ..toolcalls import structure_answer
 from .generate import fit_prompt, generate_batched
 from .metrics import METRICS, decide_tokenize, score_texts
 from .perplexity import perplexity, token_nll
@@ -217,14 +218,16 @@ def _evaluate(model, tokenizer, arch, recipe, es, rows, metrics_wanted, was_trai
             row["nll"], row["answer_tokens"] = sums[k][0], sums[k][1]
     text_metrics = [m for m in metrics_wanted if m.startswith("evaluate:") or METRICS[m].kind == "text"]
     if text_metrics:
-        preds = sharded_generate(model, tokenizer, es, arch=arch, gen=e.generation, batch_size=e.batch_size,
-                                 stops=tuple(get_template(d.template, tokenizer).stop), progress=progress)
+        generated = sharded_generate(model, tokenizer, es, arch=arch, gen=e.generation, batch_size=e.batch_size,
+                                     stops=tuple(get_template(d.template, tokenizer).stop), progress=progress)
+        structured = [structure_answer(t) for t in generated]  # reasoning is not scored: the answer after it is
+        preds = [s["prediction"] for s in structured]
         tokenize = decide_tokenize([it["references"] for it in items], e.tokenize)  # once for the whole set
         options = metric_options(text_metrics, recipe.eval.sql_database, file=recipe.path)
         corpus, per_sample = score_texts(preds, [it["references"] for it in items], text_metrics, tokenize, options)
         overall.update(corpus)
-        for row, p, s in zip(rows, preds, per_sample):
-            row["prediction"] = p
+        for row, st, s in zip(rows, structured, per_sample):
+            row.update(st)
             row["scores"] = s
     per_task = {}
     by_task = defaultdict(list)

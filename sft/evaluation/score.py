@@ -66,7 +66,7 @@ def load_pairs(predictions: str, *, references: str | None = None, pred_field: s
                             field="--pred-field", fix="name the prediction field with --pred-field")
         field = ref_field or ("references" if "references" in rrow else "reference")
         refs.append(_refs(rrow.get(field), i, references or predictions, field))
-        preds.append(row[pred_field])
+        preds.append(_with_calls(row[pred_field], row.get("tool_calls"), i, predictions))
         for text, path, flag in [(preds[-1], predictions, "--pred-field")] + [(r, references or predictions,
                                                                                "--ref-field") for r in refs[-1]]:
             try:
@@ -76,6 +76,26 @@ def load_pairs(predictions: str, *, references: str | None = None, pred_field: s
                                 fix="remove the \\ud8xx-\\udfxx escape from that line") from None
         tasks.append(str(row.get("task") or rrow.get("task") or "all"))
     return preds, refs, tasks
+
+
+def _with_calls(text: str, calls, lineno: int, path: str) -> str:
+    """A prediction whose row also holds structured `tool_calls` (OpenAI or {name, arguments} form, as an API
+    returns them) that its text does not write: the calls are appended in the built-in tool format, so the
+    tool-call metrics read them."""
+    if not calls:
+        return text
+    from ..data.formats import BadRow, _calls
+    from ..data.templates import call_text
+    from ..toolcalls import parse
+
+    try:
+        parsed = _calls(calls)
+    except BadRow as e:
+        raise EvalError(f"line {lineno}: {e}", file=path, field="tool_calls",
+                        fix='give tool_calls as [{"name": ..., "arguments": {...}}]') from None
+    if parse(text).calls:
+        return text
+    return "\n".join([text] * bool(text) + [call_text(c) for c in parsed])
 
 
 def database_path(spec: str | None, *, field: str = "eval.sql_database", file: str | None = None) -> str:
