@@ -454,6 +454,11 @@ def test_tiny_model_learns_the_tool_family_and_its_saved_tokenizer_prompts_with_
     assert res.returncode == 0, res.stderr[-2000:]
     pred = json.loads(out.read_text())
     assert pred["tool_calls"][0]["name"] == "set_timer", pred
+    # sft chat shows the parsed call, and /tool answers it with a tool turn
+    res = run_cli("chat", str(tmp_path / "out"), "--tools", str(tools_file), "--max-new-tokens", "60",
+                  input="Set a 12 minute timer for tea.\n/tool {\"ok\": true}\n/exit\n")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "(tool call: set_timer {" in res.stdout and res.stdout.count("model> ") == 2, res.stdout
 
 
 def test_generate_refuses_a_bad_tools_file(tmp_path):

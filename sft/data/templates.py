@@ -78,8 +78,8 @@ def _answer(m: dict, suffix: str = "") -> list[Segment]:
     """An assistant turn's segments: reasoning (kept out of the loss when the record says so), then the answer."""
     trained = m.get("loss", True)
     think, body = think_text(m), answer_body(m) + suffix
-    if think and not m.get("reasoning_loss", True):
-        return [(think, False), (body, trained)]
+    if think and not m.get("reasoning_loss", True):  # data.reasoning: mask: its text is context, its tags trained
+        return [("<think>\n", trained), (m["reasoning"], False), ("\n</think>\n\n" + body, trained)]
     return [(think + body, trained)]
 
 
