@@ -177,12 +177,29 @@ TWO_QUERIES = {"messages": [{"role": "user", "content": "2+2?"},
                             {"role": "assistant", "content": "6", "reasoning_content": "three and three"}]}
 
 
-def test_reasoning_before_a_later_user_turn_splits_the_conversation():
+def test_reasoning_followed_by_another_turn_splits_the_conversation():
     recs, report = _records([TWO_QUERIES])
     assert [len(r["messages"]) for r in recs] == [2, 4]
     assert recs[1]["messages"][1].get("loss") is False  # trained once, in the first example
     assert recs[1]["messages"][3].get("loss", True)
-    assert report.edited == {"x: conversation split at user turns that follow reasoning": 1}
+    assert report.edited == {"x: conversation split after turns with reasoning": 1}
+    agent = {"messages": [{**m, "reasoning": "I need the weather."} if m.get("tool_calls") else m for m in AGENT]}
+    recs, _ = _records([agent])
+    assert [len(r["messages"]) for r in recs] == [3, 5]
+
+
+def test_gptoss_tool_call_reasoning_is_trained_as_generated():
+    """gpt-oss drops a tool-call turn's reasoning once a final answer follows: the call is trained in its own
+    example, with its reasoning, and the final answer in the whole conversation."""
+    tok = _tokenizer("gptoss")
+    agent = {"messages": [{**m, "reasoning": "I need the weather."} if m.get("tool_calls") else m
+                          for m in AGENT[1:]], "tools": TOOLS}
+    recs, _ = _records([agent])
+    tpl = get_template("tokenizer", tok)
+    trained = [[t for t, tr in render_training(tpl, r["messages"], None, TOOLS) if tr] for r in recs]
+    assert len(trained) == 2 and all(len(t) == 1 for t in trained)
+    assert "I need the weather." in trained[0][0] and "to=functions.get_weather" in trained[0][0]
+    assert trained[1][0].startswith("<|channel|>analysis<|message|>The tool said 21C.")
     dropped, _ = _records([TWO_QUERIES], "drop")
     assert len(dropped) == 1 and not any("reasoning" in m for m in dropped[0]["messages"])
 

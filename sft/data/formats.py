@@ -301,13 +301,14 @@ def _typed_parts(content) -> bool:
 
 
 def split_at_reasoning(msgs: list[dict]) -> list[list[dict]]:
-    """Templates such as Qwen3, DeepSeek-R1 and gpt-oss drop the reasoning of turns before the last user turn, so
-    an earlier turn is never shown, in a whole conversation, as it was generated. A conversation whose reasoning
-    sits before a later user turn becomes one example per such user turn: each ends just before a user turn that
-    follows reasoning, and trains only the turns since the previous cut (earlier ones are context, loss off).
-    Every turn is trained once, in the context it is generated in, whatever the template."""
-    users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
-    cuts = [u for u in users[1:] if any(m.get("reasoning") for m in msgs[:u] if m["role"] == "assistant")]
+    """Templates rewrite reasoning in history: Qwen3, DeepSeek-R1 and others drop it from turns before the last
+    user turn, gpt-oss also from a tool-call turn once a final answer follows. Such a turn is never shown, in the
+    whole conversation, as it was generated. So a conversation is cut after every assistant turn that carries
+    reasoning and is followed by another assistant turn: each part ends with such a turn (or the conversation's
+    end) and trains only the turns since the previous cut; earlier ones are context (loss off). Every turn is
+    trained once, in the context it is generated in, whatever the template."""
+    turns = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+    cuts = [i + 1 for i in turns[:-1] if msgs[i].get("reasoning")]
     if not cuts:
         return [msgs]
     out, prev = [], 0

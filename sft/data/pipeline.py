@@ -120,7 +120,7 @@ def records_from_rows(src: SourceConfig, fmt: str, rows: list[dict], name: str, 
                       reasoning: str = "train") -> tuple[list[dict], int]:
     """Raw rows -> canonical records (messages, tools, task, source), and how many rows could not be converted
     (each counted in `report` by reason). `reasoning` (data.reasoning): train, mask (kept out of the loss) or drop;
-    a conversation whose kept reasoning precedes a later user turn is split there (`formats.split_at_reasoning`)."""
+    a conversation is split after each turn whose kept reasoning a later turn follows (`formats.split_at_reasoning`)."""
     if src.replace:
         rows = [_replace_placeholders(r, src.replace) for r in rows]
     converted, drops, edits = formats.convert_rows(fmt, rows, src.columns)
@@ -132,8 +132,8 @@ def records_from_rows(src: SourceConfig, fmt: str, rows: list[dict], name: str, 
             msgs = [apply_reasoning(m, reasoning) for m in msgs]
         parts = formats.split_at_reasoning(msgs)
         if len(parts) > 1:
-            edits["conversation split at user turns that follow reasoning"] = \
-                edits.get("conversation split at user turns that follow reasoning", 0) + 1
+            edits["conversation split after turns with reasoning"] = \
+                edits.get("conversation split after turns with reasoning", 0) + 1
         records += [{"messages": p, "task": _task_of(src, row, name), "source": name,
                      **({"tools": tools} if tools else {}),
                      **({"allow_empty_prompt": True} if fmt == "text" else {})} for p in parts]

@@ -300,6 +300,7 @@ class ChatTemplate:
         return out
 
     def _start(self, messages: list[dict], i: int, full: str, tools) -> int:
+        gen = bare = None
         if i > 0:  # a template that writes a generation prompt: the turn starts where that prompt ends
             try:
                 gen, bare = self._apply(messages[:i], True, tools), self._apply(messages[:i], False, tools)
@@ -315,6 +316,16 @@ class ChatTemplate:
             raise RecipeError("cannot locate assistant turns in the tokenizer's chat template (its text "
                               "before an answer depends on the answer)", field="data.template",
                               fix="use a built-in template or a data.chat_template_path without that")
+        if gen is not None and bare is not None and gen != bare and gen.startswith(bare):
+            # the history renders otherwise once this turn follows (gpt-oss drops an earlier call's reasoning): the
+            # turn starts after the first generation prompt that follows the previous message's text
+            prompt, prev = gen[len(bare):].strip(), str(messages[i - 1].get("content") or "")
+            reasoning = str(m.get("reasoning_content") or "").strip()
+            bound = full.find(reasoning, 0, start) if reasoning else -1  # the turn's reasoning precedes its text
+            after = full.rfind(prev, 0, bound if bound >= 0 else start) if prev else -1
+            k = full.find(prompt, after + len(prev) if after >= 0 else 0) if prompt else -1
+            if 0 <= k and k + len(prompt) <= start:
+                return k + len(prompt)
         return start
 
     def _end(self, messages: list[dict], i: int, full: str, start: int, tools) -> int:
