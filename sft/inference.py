@@ -262,7 +262,7 @@ def generate_rows(model_dir: str, input_path: str, out_path: str, gen_overrides:
         set_seed(seed)
     preds = generate_batched(use.model, use.tokenizer, [p for p, _ in fitted], arch=use.arch, gen=gen,
                              batch_size=batch_size or use.recipe.eval.batch_size, stops=use.stops,
-                             num_return_sequences=num_return_sequences, strip=not raw)
+                             num_return_sequences=num_return_sequences, strip=not raw, keep_raw=not raw)
     if raw:
         structured = [{"prediction": p} if num_return_sequences == 1 else {"prediction": p[0], "predictions": p}
                       for p in preds]
@@ -283,7 +283,8 @@ def check_return_sequences(gen: GenerationConfig, n: int) -> None:
                           fix=f"add --do-sample (with --temperature), or --num-beams {n}")
 
 
-def answer(use: Use, messages: list[dict], gen, streamer=None, tools: list[dict] | None = None) -> tuple[str, bool]:
+def answer(use: Use, messages: list[dict], gen, streamer=None, tools: list[dict] | None = None,
+           keep_raw: bool = False) -> tuple:
     """The model's reply to a conversation in its prompt format (with `use.raw`, the continuation of the last
     message's text), and whether the prompt was left-truncated to fit the context. `streamer`: a transformers
     streamer that shows tokens as they come."""
@@ -303,4 +304,9 @@ def answer(use: Use, messages: list[dict], gen, streamer=None, tools: list[dict]
                                  eos_token_id=stop_token_ids(use.tokenizer, stops), streamer=streamer,
                                  **generation_kwargs(gen))
     new = out[0, inp.shape[1]:] if use.arch == "causal" else out[0]
-    return cut_at_stop(use.tokenizer.decode(new, skip_special_tokens=True), stops, strip=not use.raw), bool(cut)
+    text = cut_at_stop(use.tokenizer.decode(new, skip_special_tokens=True), stops, strip=not use.raw)
+    if keep_raw:  # (text, text with special tokens): tool calls and reasoning may be written in special tokens
+        from .evaluation.generate import decode_raw
+
+        text = (text, decode_raw(use.tokenizer, new.tolist(), stop_token_ids(use.tokenizer, stops), stops))
+    return text, bool(cut)

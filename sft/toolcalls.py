@@ -165,9 +165,18 @@ def split_reasoning(text: str) -> tuple[str | None, str]:
     return None, text
 
 
-def structure_answer(text: str) -> dict:
+def structure_answer(text, raw: str | None = None) -> dict:
     """A generated answer as predictions.jsonl holds it: `prediction` (the answer, reasoning split off), and
-    `reasoning` and `tool_calls` where the model wrote them."""
+    `reasoning` and `tool_calls` where the model wrote them. `raw`: the same answer with its special tokens (or
+    `text` as a (text, raw) pair); it is read instead where only it shows the reasoning or the calls (gpt-oss
+    channels, DeepSeek and Mistral markers are special tokens)."""
+    if isinstance(text, tuple):
+        text, raw = text
+    if raw is not None and raw != text:
+        r_raw, a_raw = split_reasoning(raw)
+        if (r_raw is not None and split_reasoning(text)[0] is None) or \
+                (parse(a_raw).calls and not parse(split_reasoning(text)[1]).calls):
+            text = raw
     reasoning, answer = split_reasoning(text)
     answer = answer.strip()
     calls = parse(answer).calls

@@ -485,3 +485,22 @@ def test_generate_refuses_a_bad_tools_file(tmp_path):
     inp.write_text('{"prompt": "x"}\n')
     res = run_cli("generate", str(tmp_path), "--input", str(inp), "--tools", str(bad))
     assert res.returncode == 2 and "tools" in res.stderr and res.stderr.count("\n") == 1, res.stderr
+
+
+def test_calls_and_reasoning_written_in_special_tokens_are_read_from_the_raw_answer():
+    """gpt-oss channels and DeepSeek / Mistral call markers are special tokens in those models' tokenizers: the
+    answer decoded without them hides the call, so the answer with them is read instead."""
+    from sft.evaluation.generate import decode_raw
+    from sft.toolcalls import structure_answer
+
+    tok = _tokenizer()
+    raw = ' to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Paris"}<|call|>'
+    ids = tok(raw, add_special_tokens=False)["input_ids"] + [tok.eos_token_id, tok.eos_token_id]
+    text = tok.decode(ids, skip_special_tokens=True)
+    got = structure_answer(text, decode_raw(tok, ids, [tok.eos_token_id], ()))
+    assert got["tool_calls"] == [{"name": "get_weather", "arguments": {"city": "Paris"}}]
+    think = "<|channel|>analysis<|message|>R<|end|><|start|>assistant<|channel|>final<|message|>4"
+    ids = tok(think, add_special_tokens=False)["input_ids"]
+    got = structure_answer(tok.decode(ids, skip_special_tokens=True), decode_raw(tok, ids, [], ()))
+    assert got["prediction"] == "4" and got["reasoning"] == "R"
+    assert structure_answer("plain", "plain") == {"prediction": "plain"}

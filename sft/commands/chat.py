@@ -31,20 +31,20 @@ def _reply(answer, use, messages, gen, prefix: str, tools=None) -> dict:
     import json
 
     from ..data.formats import assistant_message
-    from ..toolcalls import parse, split_reasoning
+    from ..toolcalls import structure_answer
 
     streamer = _StopStreamer(use.tokenizer, use.stops, prefix)
-    text, cut = answer(use, messages, gen, streamer=streamer.streamer, tools=tools)
+    text, cut = answer(use, messages, gen, streamer=streamer.streamer, tools=tools, keep_raw=not use.raw)
     if cut:
         print("(note: the conversation was left-truncated to fit the model context)", flush=True)
     if use.raw:
         return {"role": "assistant", "content": text}
-    reasoning, rest = split_reasoning(text)
-    calls = parse(rest).calls
+    got = structure_answer(text)
+    calls = got.get("tool_calls", [])
     for c in calls:
         print(f"(tool call: {c['name']} {json.dumps(c['arguments'], ensure_ascii=False)})", flush=True)
-    content = rest.split("<tool_call>")[0].strip() if calls else rest.strip()
-    return assistant_message(content, tool_calls=calls, reasoning=reasoning)
+    content = got["prediction"].split("<tool_call>")[0].strip() if calls else got["prediction"]
+    return assistant_message(content, tool_calls=calls, reasoning=got.get("reasoning"))
 
 
 class _StopStreamer:

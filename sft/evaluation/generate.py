@@ -51,12 +51,21 @@ def generation_kwargs(gen, num_return_sequences: int = 1) -> dict:
     return kw
 
 
+def decode_raw(tokenizer, ids, stop_ids: list[int], stops: tuple[str, ...]) -> str:
+    """The answer with its special tokens kept (gpt-oss channels, DeepSeek and Mistral tool-call markers are
+    special tokens that `skip_special_tokens` removes): cut at the first stop token, padding dropped."""
+    ids = [int(i) for i in ids]
+    end = next((k for k, i in enumerate(ids) if i in stop_ids), len(ids))
+    drop = {tokenizer.pad_token_id, tokenizer.bos_token_id} - {None}
+    return cut_at_stop(tokenizer.decode([i for i in ids[:end] if i not in drop], skip_special_tokens=False), stops)
+
+
 @torch.no_grad()
 def generate_batched(model, tokenizer, prompts: list[list[int]], *, arch: str, gen, batch_size: int,
                      stops: tuple[str, ...] = (), progress: bool = False, synced_gpus: bool = False,
-                     num_return_sequences: int = 1, strip: bool = True) -> list:
+                     num_return_sequences: int = 1, strip: bool = True, keep_raw: bool = False) -> list:
     """Generated answer text for each tokenised prompt, in input order (with num_return_sequences > 1, a list
-    of that many texts per prompt)."""
+    of that many texts per prompt). `keep_raw`: each text is a (text, text with special tokens) pair."""
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     n = num_return_sequences
@@ -75,6 +84,8 @@ def generate_batched(model, tokenizer, prompts: list[list[int]], *, arch: str, g
                               eos_token_id=eos_ids, synced_gpus=synced_gpus, **kwargs)
         new = seqs[:, ids.shape[1]:] if arch == "causal" else seqs
         texts = [cut_at_stop(t, stops, strip) for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+        if keep_raw:
+            texts = [(t, decode_raw(tokenizer, row, eos_ids, stops)) for t, row in zip(texts, new.tolist())]
         for k, i in enumerate(idx):
             out[i] = texts[k] if n == 1 else texts[k * n:(k + 1) * n]
     return out

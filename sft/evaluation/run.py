@@ -149,13 +149,13 @@ def sharded_nll(model, es: EvalSet, *, arch: str, pad_id: int, batch_size: int) 
 
 
 def sharded_generate(model, tokenizer, es: EvalSet, *, arch: str, gen, batch_size: int, stops: tuple,
-                     progress: bool = False) -> list[str]:
+                     progress: bool = False, keep_raw: bool = False) -> list:
     """Generated answers per item; every rank generates its shard (kept in step under several ranks)."""
     idx = shard(len(es.prompts))
     synced = rank_world()[1] > 1
     local = generate_batched(model, tokenizer, [es.prompts[i] for i in idx], arch=arch, gen=gen,
                              batch_size=batch_size, stops=stops, progress=progress and not synced,
-                             synced_gpus=synced)
+                             synced_gpus=synced, keep_raw=keep_raw)
     return gather(idx, local, len(es.prompts))
 
 
@@ -219,7 +219,8 @@ def _evaluate(model, tokenizer, arch, recipe, es, rows, metrics_wanted, was_trai
     text_metrics = [m for m in metrics_wanted if m.startswith("evaluate:") or METRICS[m].kind == "text"]
     if text_metrics:
         generated = sharded_generate(model, tokenizer, es, arch=arch, gen=e.generation, batch_size=e.batch_size,
-                                     stops=tuple(get_template(d.template, tokenizer).stop), progress=progress)
+                                     stops=tuple(get_template(d.template, tokenizer).stop), progress=progress,
+                                     keep_raw=True)
         structured = [structure_answer(t) for t in generated]  # reasoning is not scored: the answer after it is
         preds = [s["prediction"] for s in structured]
         tokenize = decide_tokenize([it["references"] for it in items], e.tokenize)  # once for the whole set

@@ -134,8 +134,12 @@ class TrainingEvaluator:
                 self.options = metric_options(wanted, e.sql_database, file=r.path)  # resolved once
                 self.gen_set = build_eval_set(model.config, self.tokenizer, self.arch, self.records, r,
                                               max_items=e.during_training.max_samples, features=False)
-            preds = sharded_generate(model, self.tokenizer, self.gen_set, arch=self.arch, gen=e.generation,
-                                     batch_size=e.batch_size, stops=tuple(get_template(r.data.template, self.tokenizer).stop))
+            from ..toolcalls import structure_answer
+
+            generated = sharded_generate(model, self.tokenizer, self.gen_set, arch=self.arch, gen=e.generation,
+                                         batch_size=e.batch_size, keep_raw=True,
+                                         stops=tuple(get_template(r.data.template, self.tokenizer).stop))
+            preds = [structure_answer(g)["prediction"] for g in generated]  # scored as sft eval scores them
             scores, _ = score_texts(preds, [it["references"] for it in self.gen_set.items], wanted, e.tokenize,
                                     self.options)
             out.update(scores)
