@@ -324,8 +324,8 @@ class ChatTemplate:
             bound = full.find(reasoning, 0, start) if reasoning else -1  # the turn's reasoning precedes its text
             after = full.rfind(prev, 0, bound if bound >= 0 else start) if prev else -1
             k = full.find(prompt, after + len(prev) if after >= 0 else 0) if prompt else -1
-            if 0 <= k and k + len(prompt) <= start:
-                return k + len(prompt)
+            if 0 <= k and k + len(prompt) <= start and full[k + len(prompt):start].strip():
+                return k + len(prompt)  # (text between the prompt and the answer that is not whitespace)
         return start
 
     def _end(self, messages: list[dict], i: int, full: str, start: int, tools) -> int:
