@@ -200,9 +200,10 @@ class JinjaTemplate:
                               fix="fix the template") from e
 
     def render(self, messages: list[dict], system: str | None, tools=None) -> list[Segment]:
-        """The prompt, then the final answer (its tool calls and reasoning in the built-in tool format). Earlier answers the template writes into the prompt (through
-        `messages` or `history`) are trained too: each is located by rendering the prompt with two different
-        placeholders in its place, and kept as context if the template does not write it verbatim."""
+        """The prompt, then the final answer (its tool calls and reasoning in the built-in tool format). Earlier
+        answers the template writes into the prompt (through `messages` or `history`) are trained too: each is
+        located by rendering the prompt with two different placeholders in its place, and kept as context if the
+        template does not write it verbatim."""
         answer_idx = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
         context = messages[:answer_idx]
         prompt = self._prompt(context, system, tools)
