@@ -504,3 +504,16 @@ def test_calls_and_reasoning_written_in_special_tokens_are_read_from_the_raw_ans
     got = structure_answer(tok.decode(ids, skip_special_tokens=True), decode_raw(tok, ids, [], ()))
     assert got["prediction"] == "4" and got["reasoning"] == "R"
     assert structure_answer("plain", "plain") == {"prediction": "plain"}
+
+
+def test_a_conversation_whose_turns_cannot_be_located_is_a_counted_drop():
+    """One conversation the rendering does not let sft locate is dropped with its reason, not the run's end."""
+    tok = _tokenizer()
+    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'assistant' %}[{{ m['content'] | length }}]"
+                         "{{ m['content'] }}{% else %}{{ m['content'] }}{% endif %}{% endfor %}")
+    recs = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": a}], "task": "t",
+             "source": "s"} for a in ("hello", "abc")]
+    enc = encode(recs, tok, "tokenizer", arch="causal", max_length=10 ** 6)
+    assert len(enc.features) == 1
+    assert enc.report.dropped == {"rejected by the chat template (its assistant turns cannot be located in the "
+                                  "rendering)": 1}

@@ -235,6 +235,8 @@ def _content_parts(content) -> tuple[str, list[dict], str | None]:
         if not isinstance(p, dict):
             raise BadRow(f"unsupported content part {p!r:.40}")
         kind = p.get("type", "text")
+        if not isinstance(kind, str):
+            raise BadRow("a content part's type is not text")
         value = p["value"] if "value" in p else p.get(kind, p.get("text"))
         if kind == "text":
             text.append("" if value is None else str(value))

@@ -265,7 +265,12 @@ class ChatTemplate:
         self.generation = bool(re.search(r"\{%-?\s*generation\s*-?%\}", self.source))
         self.end_of_turn, self.markers = "", ()
         probe = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "Yq7"}]
-        span = next(t for t, trained in self._segments(probe) if trained)
+        try:
+            span = next(t for t, trained in self._segments(probe) if trained)
+        except TemplateRejected as e:  # the template itself, not one conversation: the run cannot use it
+            raise RecipeError(e.message, field="data.template",
+                              fix="use a built-in template or a data.chat_template_path that renders a user and an "
+                                  "assistant turn") from e
         self.end_of_turn = span.rsplit("Yq7", 1)[-1].strip()  # what the template writes after an answer: <|im_end|>
         self.stop = (self.end_of_turn,) if self.end_of_turn else ()
         # how a turn that is not the last one ends (gpt-oss: <|end|>, or <|call|> after a tool call; Qwen: <|im_end|>)
@@ -314,9 +319,7 @@ class ChatTemplate:
         b = self._apply(messages[:i] + [{**m, "content": "\x03\x04B"}] + messages[i + 1:], tools=tools)
         start = _common_prefix(a, b)
         if full[:start] != a[:start]:
-            raise RecipeError("cannot locate assistant turns in the tokenizer's chat template (its text "
-                              "before an answer depends on the answer)", field="data.template",
-                              fix="use a built-in template or a data.chat_template_path without that")
+            raise _unlocatable()
         if gen is not None and bare is not None and gen != bare and gen.startswith(bare):
             # the history renders otherwise once this turn follows (gpt-oss drops an earlier call's reasoning): the
             # turn starts after the first generation prompt that follows the previous message's text
@@ -382,9 +385,7 @@ class ChatTemplate:
                 start = self._start(messages, i, full, tools)
                 end = self._end(messages, i, full, start, tools)
             if start < pos or end <= start:
-                raise RecipeError("cannot locate assistant turns in the tokenizer's chat template (its text "
-                                  "before an answer depends on the answer)", field="data.template",
-                                  fix="use a built-in template or a data.chat_template_path without that")
+                raise _unlocatable()
             text = full[start:end]
             rec = records[i] if records else {}
             if any(c["name"] not in text for c in rec.get("tool_calls") or ()):
@@ -417,6 +418,14 @@ class ChatTemplate:
         if msgs and msgs[-1]["role"] == "assistant":
             msgs = msgs[:-1]
         return self._apply(msgs, generation_prompt=True, tools=tools)
+
+
+def _unlocatable() -> "TemplateRejected":
+    """One conversation whose assistant turns the rendering does not let sft locate (its text before an answer
+    depends on the answer, or consecutive turns merge): dropped and counted, not the run's end."""
+    return TemplateRejected("cannot locate this conversation's assistant turns in the tokenizer's chat template",
+                            reason="its assistant turns cannot be located in the rendering", field="data.template",
+                            fix="use a built-in template or a data.chat_template_path that renders each turn apart")
 
 
 END_MARKERS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<|call|>", "<|return|>", "<end_of_turn>",
