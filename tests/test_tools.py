@@ -159,9 +159,19 @@ def test_malformed_structure_is_a_counted_drop():
             {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], "tools": "[{"},
             {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [
                 {"function": {"name": "f", "arguments": [1, 2]}}]}]}]
+    surrogate = {"name": "f", "arguments": {"city": "\ud800"}}
+    rows += [{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [surrogate]}]},
+             {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}],
+              "tools": [{"name": "f", "description": "\udfff"}]}]
+    deep: dict = {}
+    for _ in range(__import__("sys").getrecursionlimit() + 100):  # arguments nested beyond what can be walked
+        deep = {"a": deep}
+    rows.append({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [
+        {"name": "f", "arguments": deep}]}]})
     out, drops, _ = _convert("messages", rows)
     assert not out and drops == {"null message content": 1, "tool call arguments is not valid JSON": 1,
-                                 "'tools' is not valid JSON": 1, "tool call arguments are not a JSON object": 1}
+                                 "'tools' is not valid JSON": 1, "tool call arguments are not a JSON object": 1,
+                                 "text is not valid Unicode (a lone surrogate)": 2, "structure nested too deeply": 1}
 
 
 def _records(rows, reasoning="train"):

@@ -9,9 +9,9 @@ An assistant message may carry `tool_calls` ([{"name": str, "arguments": dict, "
 `reasoning` (text); a tool message carries the call's output as `content`, and `name` / `tool_call_id`
 where the data gives them. `tools` are JSON-schema function specs as {"type": "function", "function":
 {...}}. Every format converts tool calls and reasoning into these fields (the readers below are shared), so
-templates render them and nothing is pasted into prompt text. A conversation whose reasoning sits before a
-later user turn is split there (`split_at_reasoning`): each turn is trained once, in the context a template
-shows when that turn is generated.
+templates render them and nothing is pasted into prompt text. A conversation is split after each assistant turn
+with reasoning that another turn follows (`split_at_reasoning`): each turn is trained once, in the context a
+template shows when that turn is generated.
 A format is one `Format` entry: `detect(row)` and `convert(row, columns)`. Adding a format touches
 nothing else.
 """
@@ -449,13 +449,22 @@ def check_columns(fmt: str, rows: list[dict], columns: dict, *, file: str, field
                         field=f"{field}.format", fix="choose the right format or use format: columns")
 
 
-def _check_unicode(msgs: list[dict]) -> None:
+def _check_unicode(values) -> None:
     """Text that is not valid Unicode (a lone surrogate such as a JSON "\\ud800" escape) cannot be tokenised or
-    written: the row is dropped and counted, not an internal error later."""
-    try:
-        json.dumps(msgs, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadRow("text is not valid Unicode (a lone surrogate)") from None
+    written: the row is dropped and counted, not an internal error later. Walks messages, tool calls and tools;
+    ASCII text (most of it) costs one isascii() call."""
+    for v in values:
+        if isinstance(v, str):
+            if not v.isascii():
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise BadRow("text is not valid Unicode (a lone surrogate)") from None
+        elif isinstance(v, dict):
+            _check_unicode(v.keys())
+            _check_unicode(v.values())
+        elif isinstance(v, list):
+            _check_unicode(v)
 
 
 def convert_rows(fmt: str, rows: list[dict], columns: dict) -> tuple[list[tuple[list[dict], dict, list | None]], dict,
@@ -467,15 +476,17 @@ def convert_rows(fmt: str, rows: list[dict], columns: dict) -> tuple[list[tuple[
     for row in rows:
         try:
             tools = tools_of(row, columns) if fmt != "text" else None
-            converted = []
+            _check_unicode(tools or ())
+            converted, notes = [], []
             for msgs in conv(row, columns):
                 _check_unicode(msgs)
-                for m in msgs:
-                    note = m.pop(NOTE, None)
-                    if note:
-                        edits[note] = edits.get(note, 0) + 1
+                notes += [m.pop(NOTE) for m in msgs if NOTE in m]
                 converted.append((msgs, row, tools))
-            out += converted
+            out += converted  # a row converts whole or is one drop; its notes count only when it converts
+            for note in notes:
+                edits[note] = edits.get(note, 0) + 1
+        except RecursionError:  # tool-call arguments nested beyond what can be walked
+            drops["structure nested too deeply"] = drops.get("structure nested too deeply", 0) + 1
         except BadRow as e:
             drops[str(e)] = drops.get(str(e), 0) + 1
     return out, drops, edits
