@@ -282,17 +282,26 @@ class ChatTemplate:
         known = [m for m in END_MARKERS if m in self.source]
         self.markers = tuple(dict.fromkeys(first + known))
 
-    def _apply(self, messages: list[dict], generation_prompt: bool = False, tools=None) -> str:
-        if self.string_arguments:
-            messages = [_string_arguments(m) for m in messages]
+    def _apply(self, messages: list[dict], generation_prompt: bool = False, tools=None, spans: bool = False):
+        """The template's text for `messages` (with `spans`: and its `{% generation %}` character spans). A
+        conversation the template refuses is a TemplateRejected; a template that concatenates tool-call arguments
+        as text (DeepSeek-V3) is given them as JSON text from then on."""
+        msgs = [_string_arguments(m) for m in messages] if self.string_arguments else messages
         try:
-            return self.tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False,
+            if spans:
+                from transformers.utils.chat_template_utils import render_jinja_template
+
+                rendered, found = render_jinja_template([msgs], tools=tools or None, chat_template=self.source,
+                                                        return_assistant_tokens_mask=True,
+                                                        **self.tokenizer.special_tokens_map)
+                return rendered[0], [tuple(x) for x in found[0]]
+            return self.tokenizer.apply_chat_template(msgs, tools=tools or None, tokenize=False,
                                                       add_generation_prompt=generation_prompt)
         except Exception as e:
             if not self.string_arguments and "(not \"dict\") to str" in str(e) and \
                     any(m.get("tool_calls") for m in messages):
                 self.string_arguments = True
-                return self._apply(messages, generation_prompt, tools)
+                return self._apply(messages, generation_prompt, tools, spans)
             cause = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
             raise TemplateRejected(f"the tokenizer's chat template failed ({cause})", reason=cause,
                                    field="data.template", fix="check that the conversation fits the template (e.g. "
@@ -350,25 +359,11 @@ class ChatTemplate:
             self._tools_seen = self._apply(probe, tools=tools) != self._apply(probe)
         return self._tools_seen
 
-    def _generation_spans(self, messages: list[dict], tools) -> tuple[str, list[tuple[int, int]]]:
-        from transformers.utils.chat_template_utils import render_jinja_template
-
-        msgs = [_string_arguments(m) for m in messages] if self.string_arguments else messages
-        try:
-            rendered, spans = render_jinja_template([msgs], tools=tools or None, chat_template=self.source,
-                                                    return_assistant_tokens_mask=True,
-                                                    **self.tokenizer.special_tokens_map)
-        except Exception as e:
-            cause = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
-            raise TemplateRejected(f"the tokenizer's chat template failed ({cause})", reason=cause,
-                                   field="data.template", fix="check that the conversation fits the template") from e
-        return rendered[0], [tuple(x) for x in spans[0]]
-
     def _segments(self, messages: list[dict], trained_flags: list[bool] | None = None, tools=None,
                   records: list[dict] | None = None) -> list[Segment]:
         turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
         if self.generation:
-            full, spans = self._generation_spans(messages, tools)
+            full, spans = self._apply(messages, tools=tools, spans=True)
             if len(spans) != len(turns):  # blocks that do not map one to one onto turns: all of them are trained
                 turns, trained_flags, records = list(range(len(spans))), None, None
         else:
