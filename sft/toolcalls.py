@@ -92,10 +92,10 @@ def _gptoss(text: str) -> Parsed | None:
 
 
 def _deepseek(text: str) -> Parsed | None:
-    found = re.findall(r"<｜tool▁call▁begin｜>(?:function)?<｜tool▁sep｜>([^\n]+)\n```(?:json)?\n(.*?)\n```", text,
-                       re.S)
     if "<｜tool▁call" not in text:
         return None
+    found = re.findall(r"<｜tool▁call▁begin｜>(?:function)?<｜tool▁sep｜>([^\n]+)\n```(?:json)?\n(.*?)\n```", text,
+                       re.S)
     calls = [_call({"name": name.strip(), "arguments": _loads(body)}) for name, body in found]
     return Parsed([c for c in calls if c], True, bool(calls) and all(calls))
 
@@ -104,10 +104,10 @@ def _llama3(text: str) -> Parsed | None:
     body = re.sub(r"(?:<\|[a-z_]+\|>\s*)+\Z", "", text.split("<|python_tag|>", 1)[-1].strip()).strip()
     if not body.startswith("{"):
         return None
-    parts = [p for p in re.split(r"(?<=\})\s*;\s*(?=\{)", body)]
-    calls = [_call(_loads(p)) for p in parts]
-    if not any(isinstance(_loads(p), dict) and "name" in _loads(p) for p in parts) and "<|python_tag|>" not in text:
+    values = [_loads(p) for p in re.split(r"(?<=\})\s*;\s*(?=\{)", body)]  # several calls: joined by ;
+    if not any(isinstance(v, dict) and "name" in v for v in values) and "<|python_tag|>" not in text:
         return None  # a JSON answer that is not a call (e.g. a JSON task's output)
+    calls = [_call(v) for v in values]
     return Parsed([c for c in calls if c], True, all(calls))
 
 
