@@ -310,10 +310,16 @@ def label_accuracy(prediction: str, references: list[str] | str) -> float:
 # ---- registry entries ---------------------------------------------------------------------------
 
 def _mean_of(per_sample: Callable[..., dict]):
+    """The corpus score of a per-item metric: each key's mean over the items that have it (a metric returns {} for
+    an item it does not apply to, e.g. a reference that is not SQL or calls no tool); a key no item has is absent."""
     def corpus(predictions: list[str], references: References, **opts) -> dict:
-        scores = [per_sample(p, r, **opts) for p, r in zip(predictions, references)]
-        keys = scores[0].keys() if scores else ()
-        return {k: sum(s[k] for s in scores) / len(scores) for k in keys}
+        sums: dict[str, list] = {}
+        for p, r in zip(predictions, references):
+            for k, v in per_sample(p, r, **opts).items():
+                total = sums.setdefault(k, [0, 0])
+                total[0] += v
+                total[1] += 1
+        return {k: t / n for k, (t, n) in sums.items()}
     return corpus
 
 
@@ -372,14 +378,7 @@ def _sql_item(p: str, r: list[str], sql_database: str | None = None) -> dict:
     return execution_scores(_databases[sql_database], p, r)
 
 
-def _sql_corpus(predictions: list[str], references: References, sql_database: str | None = None) -> dict:
-    scores = [s for s in (_sql_item(p, r, sql_database) for p, r in zip(predictions, references)) if s]
-    if not scores:
-        return {}
-    return {k: sum(s[k] for s in scores) / len(scores) for k in ("execution_accuracy", "execution_invalid")}
-
-
-register(Metric("execution_accuracy", "text", ("execution_accuracy", "execution_invalid"), corpus=_sql_corpus,
+register(Metric("execution_accuracy", "text", ("execution_accuracy", "execution_invalid"), corpus=_mean_of(_sql_item),
                 per_sample=_sql_item, options=("sql_database",), table_keys=("execution_accuracy",),
                 lower_is_better_keys=("execution_invalid",),
                 display={"execution_accuracy": "Execution accuracy", "execution_invalid": "SQL that does not run"},
@@ -412,21 +411,13 @@ def _tool_parse(p: str, r: list[str]) -> dict:
     return {"tool_call_parse_rate": float(got.valid and bool(got.calls))} if got.attempted else {}
 
 
-def _mean_where(per_sample: Callable[..., dict], key: str):
-    """Mean over the items a metric applies to (it returns {} for the others); nothing when none applies."""
-    def corpus(predictions, references, **kw):
-        values = [d[key] for d in (per_sample(p, r, **kw) for p, r in zip(predictions, references)) if key in d]
-        return {key: sum(values) / len(values)} if values else {}
-    return corpus
-
-
 for _name, _fn, _display, _doc in (
         ("tool_call_exact", _tool_exact, "Tool calls exact",
          "same tool names and JSON-equal arguments as the reference (parallel calls in any order)"),
         ("tool_name_accuracy", _tool_names, "Tool names", "same tool names as the reference"),
         ("tool_call_parse_rate", _tool_parse, "Tool calls that parse",
          "of the predictions that write a tool-call marker, the share that parse")):
-    register(Metric(_name, "text", (_name,), corpus=_mean_where(_fn, _name), per_sample=_fn,
+    register(Metric(_name, "text", (_name,), corpus=_mean_of(_fn), per_sample=_fn,
                     display={_name: _display}, doc=_doc))
 
 # `evaluate` metrics that take class ids, numbers or SQuAD dicts, not generated text: refused up front
