@@ -114,7 +114,7 @@ class PromptFormat:
 
         d = self.recipe.data
         return encode(records, self.tokenizer, d.template, arch=self.arch, max_length=kw.pop("max_length", d.max_length),
-                      system=d.system_prompt, **kw)
+                      system=d.system_prompt, text_stride=d.text_stride, seed=d.seed, **kw)
 
     def encode_prompt(self, records: list[dict]) -> list[list[int]]:
         from .data.pipeline import encode_prompts

@@ -148,10 +148,17 @@ def get_tokenizer(recipe: Recipe, train_records: list[dict] | None, arch: str):
         from .data.templates import get_template, render_training
 
         tpl = get_template(recipe.data.template)
-        texts = ["".join(t for t, _ in render_training(tpl, r["messages"], recipe.data.system_prompt, r.get("tools")))
+        # documents are trained as their raw text; T5 trains them by span corruption, which needs sentinels
+        texts = [r["messages"][-1]["content"] if r.get("document") else
+                 "".join(t for t, _ in render_training(tpl, r["messages"], recipe.data.system_prompt, r.get("tools")))
                  for r in train_records]
-        tokenizer = build_tokenizer(kind, texts, vocab_size=m.tokenizer_vocab_size, arch=arch,
-                                    markers=getattr(tpl, "markers", ()), digits=m.tokenizer_digits)
+        markers = tuple(getattr(tpl, "markers", ()))
+        if arch == "seq2seq" and any(r.get("document") for r in train_records):
+            from .data.documents import SENTINEL, SENTINELS
+
+            markers += tuple(SENTINEL.format(i) for i in range(SENTINELS))
+        tokenizer = build_tokenizer(kind, texts, vocab_size=m.tokenizer_vocab_size, arch=arch, markers=markers,
+                                    digits=m.tokenizer_digits)
     else:
         tokenizer = load_tokenizer(kind, revision=m.revision if kind == m.name else None,
                                    trust_remote_code=m.trust_remote_code)

@@ -73,16 +73,23 @@ def build(recipe: Recipe, arch: str, tokenizer=None, workdir: str | None = None)
     if tokenizer is None:
         tokenizer = get_tokenizer(recipe, corpus.store.records(corpus.train) if builds_tokenizer(recipe) else None,
                                   arch)
+    text = [i for i, info in enumerate(corpus.per_source.values()) if info.get("format") == "text"]
+    if arch == "seq2seq" and text:  # checked before tokenising: every document would need them
+        from .data.documents import require_sentinels
+
+        require_sentinels(tokenizer, f"data.sources.{text[0]}.format", recipe.path)
     enc = encode_dataset(corpus.store.reader(), corpus.train, tokenizer, d.template, arch=arch,
                          max_length=d.max_length, overlong=d.clean.overlong, system=d.system_prompt,
-                         num_proc=d.num_proc, report=corpus.report, workdir=workdir)
+                         num_proc=d.num_proc, report=corpus.report, workdir=workdir, text_stride=d.text_stride,
+                         seed=d.seed)
     # per source: distinct training examples and all of them with weighted copies
     source = corpus.store.arrays()[0]
     names = corpus.store.names
     kept = np.asarray(enc.kept, dtype=np.int64)
     total = np.bincount(source[kept], minlength=len(names))
     distinct = np.bincount(source[np.unique(kept)], minlength=len(names))
-    counts = {n: (int(distinct[i]), int(total[i])) for i, n in enumerate(names)}
+    windows = np.bincount(source[kept], weights=np.asarray(enc.windows, dtype=np.float64), minlength=len(names))
+    counts = {n: (int(distinct[i]), int(total[i]), int(windows[i])) for i, n in enumerate(names)}
     splits = corpus.splits(with_train=False)  # the records are not needed past this point (nor on a cache hit)
     train = TrainSet(enc.features, length_stats(enc.lengths, d.max_length), enc.files, enc.rows)
     return Prepared(splits, tokenizer, arch, train, accounting_of(splits, counts), tasks=enc.tasks)

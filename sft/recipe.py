@@ -105,6 +105,8 @@ class DataConfig:
         None, help="With template: tokenizer, a .jinja chat template to use (and save with the model) instead of "
         "the tokenizer's own.")
     max_length: int = _f(256, help="Maximum tokens per example (prompt + answer).", min=8)
+    text_stride: int = _f(0, help="format: text documents are cut into max_length windows; each window after the "
+                          "first repeats this many tokens of the one before as context (loss off there).", min=0)
     reasoning: Literal["train", "mask", "drop"] = _f(
         "train", help="Reasoning in answers (reasoning_content, <think> blocks, typed reasoning parts): train it with "
         "the answer, mask it (rendered as context, not in the loss; causal models), or drop it from the examples.")
@@ -545,6 +547,10 @@ def _validate_combinations(r: Recipe) -> None:
                           fix="add at least one source, e.g. '- path: builtin:synthetic'")
     if r.data.eval_ratio + r.data.test_ratio >= 1.0:
         raise RecipeError("eval_ratio + test_ratio must be < 1", file=file, field="data.eval_ratio")
+    if r.data.text_stride >= r.data.max_length - 1:
+        raise RecipeError(f"got {r.data.text_stride}, expected less than max_length - 1 ({r.data.max_length - 1}): "
+                          "each window must add a token", file=file, field="data.text_stride",
+                          fix="use a smaller stride, e.g. max_length // 4")
     if r.data.streaming and r.train.max_steps <= 0:
         raise RecipeError("data.streaming needs a step budget: a stream has no length to count epochs by", file=file,
                           field="train.max_steps", fix="set train.max_steps to the number of optimiser steps")

@@ -23,18 +23,20 @@ def feature_schema():
 
     return Features({"input_ids": Sequence(Value("int32")), "labels": Sequence(Value("int32")),
                      "task": Value("string"), "source": Value("string"), "length": Value("int32"),
-                     "drop": Value("string"), "edit": Value("string")})
+                     "drop": Value("string"), "edit": Value("string"), "part": Value("int32")})
 
 
 class Encoder:
     """The batched map function: JSON records (a `record` column, or a `position` column read from `records`,
-    a RecordReader) -> feature columns plus each row's drop reason and edit. Picklable for worker processes
-    (the template is built lazily in each one)."""
+    a RecordReader) -> feature columns plus each record's drop reason and edit. A document gives one row per
+    window: `part` numbers a record's rows from 0, and only part 0 carries its drop, edit and length. Picklable for
+    worker processes (the template is built lazily in each one)."""
 
     def __init__(self, tokenizer, template_spec: str, *, arch: str, max_length: int, overlong: str,
-                 system: str | None, records=None):
+                 system: str | None, records=None, text_stride: int = 0, seed: int = 0):
         self.tokenizer, self.template_spec, self.records = tokenizer, template_spec, records
-        self.kw = dict(arch=arch, max_length=max_length, overlong=overlong, system=system)
+        self.kw = dict(arch=arch, max_length=max_length, overlong=overlong, system=system, text_stride=text_stride,
+                       seed=seed)
         self._template = None
 
     def __getstate__(self):
@@ -49,15 +51,18 @@ class Encoder:
 
     @staticmethod
     def columns(records: list[dict], rows: list[tuple]) -> dict:
-        cols: dict[str, list] = {k: [] for k in ("input_ids", "labels", "task", "source", "length", "drop", "edit")}
+        cols: dict[str, list] = {k: [] for k in ("input_ids", "labels", "task", "source", "length", "drop", "edit",
+                                                 "part")}
         for rec, (feat, reason, edit, length) in zip(records, rows):
-            cols["input_ids"].append(feat["input_ids"] if feat else [])
-            cols["labels"].append(feat["labels"] if feat else [])
-            cols["task"].append(rec.get("task") or "")
-            cols["source"].append(rec.get("source") or "")
-            cols["length"].append(-1 if length is None else length)
-            cols["drop"].append(reason or "")
-            cols["edit"].append(edit or "")
+            for part, f in enumerate(feat if isinstance(feat, list) else [feat]):
+                cols["input_ids"].append(f["input_ids"] if f else [])
+                cols["labels"].append(f["labels"] if f else [])
+                cols["task"].append(rec.get("task") or "")
+                cols["source"].append(rec.get("source") or "")
+                cols["length"].append(-1 if length is None or part else length)
+                cols["drop"].append("" if part else reason or "")
+                cols["edit"].append("" if part else edit or "")
+                cols["part"].append(part)
         return cols
 
 
@@ -82,9 +87,10 @@ class TrainSet:
 
 @dataclass
 class Tokenised:
-    """`encode_dataset`'s result: the features of the examples kept, in training order; their positions in the
-    records table; the token lengths before trimming; training examples per task (copies included); the
-    tokenised table's files (empty when it is in memory) and each kept example's row in it."""
+    """`encode_dataset`'s result: the features of the examples kept, in training order (a document's windows in a
+    row); the records' positions of the examples kept and each one's feature count (its windows; 1 for all but
+    documents); the token lengths before trimming; training features per task (copies included); the tokenised
+    table's files (empty when it is in memory) and each feature's row in it."""
 
     features: object
     kept: list[int]
@@ -92,11 +98,12 @@ class Tokenised:
     tasks: dict
     files: tuple = ()
     rows: object = None
+    windows: list[int] = ()
 
 
 def encode_dataset(records, positions: list[int], tokenizer, template_spec: str, *, arch: str, max_length: int,
                    overlong: str = "drop", system: str | None = None, num_proc: int = 1, report: DropReport,
-                   workdir: str | None = None) -> Tokenised:
+                   workdir: str | None = None, text_stride: int = 0, seed: int = 0) -> Tokenised:
     """Tokenise the examples at `positions` of `records` (a RecordReader; a position repeats for each weighted
     copy) on Arrow, each distinct example once. With `workdir`, the tokenised table is a file there
     (memory-mapped) instead of memory."""
@@ -111,20 +118,29 @@ def encode_dataset(records, positions: list[int], tokenizer, template_spec: str,
     slot = np.searchsorted(unique, pos).tolist()  # each training position's row in the tokenised table
     table = Dataset.from_dict({"position": unique})  # the map reads each batch's records itself (RecordReader)
     encoder = Encoder(tokenizer, template_spec, arch=arch, max_length=max_length, overlong=overlong, system=system,
-                      records=records)
+                      records=records, text_stride=text_stride, seed=seed)
     # a fingerprint of our own: datasets would otherwise hash the tokenizer object to name the result
-    fp = hashlib.sha256(json.dumps([len(unique), template_spec, arch, max_length, overlong, system]).encode())
+    fp = hashlib.sha256(json.dumps([len(unique), template_spec, arch, max_length, overlong, system, text_stride,
+                                    seed]).encode())
     out = table.map(encoder, batched=True, batch_size=BATCH, num_proc=num_proc if num_proc > 1 else None,
                     remove_columns=["position"], features=feature_schema(), new_fingerprint=fp.hexdigest()[:16],
                     desc="tokenising",
                     cache_file_name=os.path.join(workdir, "encoded.arrow") if workdir else None)
-    drop, edit, length, task = (out.data.column(c).to_pylist() for c in ("drop", "edit", "length", "task"))
-    source = out.data.column("source")
+    part = out.data.column("part").to_numpy()
+    first = np.flatnonzero(part == 0)  # each distinct example's first row (a document has one per window)
+    count = np.diff(np.append(first, len(part)))
+    drop, edit, length, source = (out.data.column(c).take(first).to_pylist() for c in ("drop", "edit", "length",
+                                                                                       "source"))
+    task = out.data.column("task").to_pylist()
     outcomes = ((drop[u], edit[u], length[u] if length[u] >= 0 else None) for u in slot)
-    keep, lengths = tally(slot, outcomes, report, lambda i: source[slot[i]].as_py())
-    rows = np.asarray([slot[i] for i in keep], dtype=np.int64)
+    keep, lengths = tally(slot, outcomes, report, lambda i: source[slot[i]])
+    kept_slots = np.asarray([slot[i] for i in keep], dtype=np.int64)
+    n = count[kept_slots]
+    # every row of each kept example, in training order: first row + 0..count-1
+    rows = np.repeat(first[kept_slots], n) + (np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n))
+    rows = rows.astype(np.int64)
     tasks = dict(Counter(task[u] for u in rows.tolist()).most_common())
     # an index over the tokenised table, not a copy: flattening would read all of it (its pages count in RSS)
     features = out.select(rows, keep_in_memory=True).select_columns(COLUMNS)
     files = tuple(f["filename"] for f in out.cache_files)  # none when the table is in memory
-    return Tokenised(features, [positions[i] for i in keep], lengths, tasks, files, rows)
+    return Tokenised(features, [positions[i] for i in keep], lengths, tasks, files, rows, n.tolist())

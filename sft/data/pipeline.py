@@ -136,7 +136,7 @@ def records_from_rows(src: SourceConfig, fmt: str, rows: list[dict], name: str, 
                 edits.get("conversation split after turns with reasoning", 0) + 1
         records += [{"messages": p, "task": _task_of(src, row, name), "source": name,
                      **({"tools": tools} if tools else {}),
-                     **({"allow_empty_prompt": True} if fmt == "text" else {})} for p in parts]
+                     **({"allow_empty_prompt": True, "document": True} if fmt == "text" else {})} for p in parts]
     for reason, n in edits.items():
         report.edit(f"{name}: {reason}", n)
     return records, sum(drops.values())
@@ -512,12 +512,14 @@ def accounting_of(splits: Splits, train: dict) -> dict:
                          "dropped": dropped, "balanced": info["examples"] == ev + sum(dropped.values())}
             continue
         src = name
-        unique, total = train.get(src, (0, 0))
+        unique, total, *windows = train.get(src, (0, 0))
         dropped = dict(splits.report.dropped_by_source.get(src, {}))
         row = {"rows": info["rows"], "rows_dropped": info.get("rows_dropped", 0), "examples": info["examples"],
                "train": int(unique), "train_with_copies": int(total),
                "eval": sum(r["source"] == src for r in splits.eval),
                "test": sum(r["source"] == src for r in splits.test), "dropped": dropped}
+        if windows and windows[0] != total:  # documents cut into windows: the features trained
+            row["train_windows"] = int(windows[0])
         row["balanced"] = row["examples"] == row["train"] + row["eval"] + row["test"] + sum(dropped.values())
         out[name] = row
     return out
@@ -533,6 +535,7 @@ def accounting_lines(acc: dict) -> list[str]:
         lines.append(f"source {name}: {rows} -> {a['examples']} examples = train {a['train']} + eval {a['eval']} + "
                      f"test {a['test']} + dropped {sum(a['dropped'].values())}" + (f" ({drops})" if drops else "")
                      + (f"; train repeats {copies} by weight" if copies else "")
+                     + (f"; train documents cut into {a['train_windows']} windows" if "train_windows" in a else "")
                      + ("" if a["balanced"] else " [does not add up: please report]"))
     return lines
 
@@ -585,12 +588,20 @@ def _whole_text_runs(tokenizer, rendered: list[list]) -> list[list[tuple[list[in
 
 
 def encode_rows(records: list[dict], tokenizer, template, *, arch: str, max_length: int, overlong: str = "drop",
-                system: str | None = None, final_only: bool = False) -> list[tuple]:
+                system: str | None = None, final_only: bool = False, text_stride: int = 0, seed: int = 0,
+                window: int | None = None) -> list[tuple]:
     """Per record: (feature or None, drop reason or None, edit or None, token length before trimming or None).
-    The one implementation behind `encode` (lists) and the batched Arrow stage (`arrow.encode_dataset`)."""
+    A document (`format: text`) has a list of features instead, its windows of `window` (default `max_length`)
+    tokens (`documents.py`). The one implementation behind `encode` (lists) and the batched Arrow stage
+    (`arrow.encode_dataset`)."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DataError("tokenizer has no EOS token", field="model.tokenizer", fix="use a tokenizer with an eos_token")
+    docs = [i for i, r in enumerate(records) if r.get("document")]
+    if docs:
+        return _encode_mixed(records, docs, tokenizer, template, arch=arch, max_length=max_length,
+                             overlong=overlong, system=system, final_only=final_only, text_stride=text_stride,
+                             seed=seed, window=window)
     rendered, out = [], []
     for r in records:
         try:
@@ -650,19 +661,53 @@ def encode_rows(records: list[dict], tokenizer, template, *, arch: str, max_leng
     return out
 
 
+def _encode_mixed(records, docs, tokenizer, template, *, text_stride, seed, window, **kw) -> list[tuple]:
+    """`encode_rows` for a batch holding documents: they are windowed raw text (no template), the rest as usual."""
+    from . import documents
+
+    arch, max_length = kw["arch"], kw["max_length"]
+    if arch == "seq2seq":
+        documents.require_sentinels(tokenizer)
+    doc_set = set(docs)
+    rest = [r for i, r in enumerate(records) if i not in doc_set]
+    others = iter(encode_rows(rest, tokenizer, template, **kw)) if rest else iter(())
+    texts = [records[i]["messages"][-1]["content"] for i in docs]
+    ids = iter(_tokenize_many(tokenizer, texts))
+    size = window or max_length
+    out = []
+    for i, rec in enumerate(records):
+        if i not in doc_set:
+            out.append(next(others))
+            continue
+        toks = next(ids)
+        if not toks:
+            out.append((None, "no trained token (no answer, or every answer has loss_weight 0)", None, None))
+            continue
+        feats = documents.document_features(toks, rec["messages"][-1]["content"], tokenizer, arch=arch,
+                                            max_length=size, stride=text_stride, seed=seed, task=rec["task"])
+        out.append((feats, None, None, len(toks) + 1))
+    return out
+
+
 def encode(records: list[dict], tokenizer, template_spec: str, *, arch: str, max_length: int,
            overlong: str = "drop", system: str | None = None, report: DropReport | None = None,
-           final_only: bool = False) -> Encoded:
+           final_only: bool = False, text_stride: int = 0, seed: int = 0, window: int | None = None) -> Encoded:
     """Render and tokenise. Causal: input_ids = all segments + EOS, labels -100 on untrained tokens
     (`final_only`: only the final answer is labelled, as evaluation scores it).
-    Seq2seq: input_ids = source + EOS, labels = final answer + EOS."""
+    Seq2seq: input_ids = source + EOS, labels = final answer + EOS. A document gives one feature per window,
+    each aligned with the document's record."""
     template = get_template(template_spec, tokenizer)
     report = report or DropReport()
     rows = encode_rows(records, tokenizer, template, arch=arch, max_length=max_length, overlong=overlong,
-                       system=system, final_only=final_only)
+                       system=system, final_only=final_only, text_stride=text_stride, seed=seed, window=window)
     keep, lengths = tally([id(r) for r in records], [row[1:] for row in rows], report,
                           lambda i: records[i].get("source"))
-    return Encoded([rows[i][0] for i in keep], [records[i] for i in keep], report, lengths)
+    features, kept = [], []
+    for i in keep:
+        feats = rows[i][0] if isinstance(rows[i][0], list) else [rows[i][0]]
+        features += feats
+        kept += [records[i]] * len(feats)
+    return Encoded(features, kept, report, lengths)
 
 
 def tally(keys: list, outcomes, report: DropReport, source_of) -> tuple[list[int], list[int]]:

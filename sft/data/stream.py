@@ -209,7 +209,8 @@ class Stream:
         """The training examples (input_ids, labels) as an IterableDataset, tokenised as they are read."""
         d = self.data
         encoder = CountingEncoder(tokenizer, d.template, arch=arch, max_length=d.max_length,
-                                  overlong=d.clean.overlong, system=d.system_prompt, report=self.report)
+                                  overlong=d.clean.overlong, system=d.system_prompt, report=self.report,
+                                  text_stride=d.text_stride, seed=d.seed)
         mixed = _mixed(self.sources, d, self.held, self.report)
         train = mixed.map(encoder, batched=True, batch_size=256, remove_columns=["record", "split", "key"],
                           features=feature_schema())

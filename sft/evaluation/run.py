@@ -130,13 +130,16 @@ def build_eval_set(model_config, tokenizer, arch: str, records: list[dict], reci
     if features:
         recs = [r for it in items for r in it["records"]]
         item_of = {id(r): k for k, it in enumerate(items) for r in it["records"]}
+        # documents are scored in the windows they train in (no longer than the model context)
         enc = encode(recs, tokenizer, d.template, arch=arch, max_length=10 ** 9, overlong="trim",
-                     system=d.system_prompt, final_only=True)
+                     system=d.system_prompt, final_only=True, text_stride=d.text_stride, seed=d.seed,
+                     window=min(d.max_length, ctx) if ctx else d.max_length)
         es.not_scored.update(enc.report.dropped)
         for f, r in zip(enc.features, enc.records):
             k = item_of[id(r)]
-            es.features.append(_fit_feature(f, len(es.prompts[k]) - (1 if arch == "seq2seq" else 0), ctx, arch,
-                                            tokenizer.eos_token_id, es.truncated))
+            es.features.append(f if r.get("document") else _fit_feature(
+                f, len(es.prompts[k]) - (1 if arch == "seq2seq" else 0), ctx, arch, tokenizer.eos_token_id,
+                es.truncated))
             es.feature_item.append(k)
     return es
 
