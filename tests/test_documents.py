@@ -180,14 +180,3 @@ def test_bad_stride_and_a_tokenizer_without_sentinels_are_one_line_errors(tmp_pa
     r["model"]["tokenizer"] = shared("tokenizers", "gpt2")
     res = run_cli("data", write_recipe(tmp_path / "b.yaml", r))
     assert res.returncode == 2 and "sentinel" in res.stderr and res.stderr.count("\n") == 1, res.stderr
-
-
-def test_the_real_t5_tokenizer_has_its_sentinels_in_order():
-    pytest.importorskip("sentencepiece", reason="the real T5 tokenizer is a SentencePiece model")
-    from transformers import AutoTokenizer
-
-    from sft.data.documents import sentinel_ids
-
-    tok = AutoTokenizer.from_pretrained(shared("tokenizers", "t5"))
-    ids = sentinel_ids(tok)
-    assert len(ids) == 100 and ids[0] == tok.convert_tokens_to_ids("<extra_id_0>") and ids == sorted(ids, reverse=True)
