@@ -171,6 +171,9 @@ def test_t5_trains_span_corruption_and_scores_it(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     m = json.load(open(tmp_path / "out" / "metrics.json"))["metrics"]
     assert m["perplexity"] > 1
+    # each held-out document is an item of its own (they all have the same, empty, prompt)
+    report = (tmp_path / "out" / "eval_report.md").read_text()
+    assert "split: eval, 4 items" in report and "references" not in report.split("split: eval")[1].split("\n")[0]
 
 
 def test_bad_stride_and_a_tokenizer_without_sentinels_are_one_line_errors(tmp_path):

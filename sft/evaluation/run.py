@@ -35,8 +35,9 @@ SCHEMA = "sft.metrics/v1"
 
 def group_items(records: list[dict], template: str, system: str | None, group: bool, tokenizer=None,
                 rejected: Counter | None = None) -> list[dict]:
-    """Eval items: records whose rendered prompt is identical become one item with all their references.
-    A conversation the chat template refuses is left out (counted in `rejected`)."""
+    """Eval items: records whose rendered prompt is identical become one item with all their references (not
+    documents: they have no prompt, each is an item of its own). A conversation the chat template refuses is left
+    out (counted in `rejected`)."""
     from ..data.templates import TemplateRejected
 
     items: dict[str, dict] = {}
@@ -48,7 +49,7 @@ def group_items(records: list[dict], template: str, system: str | None, group: b
             if rejected is not None:
                 rejected[e.reason] += 1
             continue
-        key = prompt if group else f"{len(out)}\x00{prompt}"
+        key = prompt if group and not r.get("document") else f"{len(out)}\x00{prompt}"  # a document is its own item
         if key not in items:
             items[key] = {"task": r["task"], "prompt": prompt, "records": [], "references": []}
             out.append(items[key])
