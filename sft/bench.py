@@ -8,6 +8,8 @@ Bench file:
     recipes:
       gpt2: {recipe: recipes/pretrain/gpt2-instruct.yaml, base: gpt2-text}   # model.name = that base's output
       t5: recipes/quickstart-t5.yaml                                         # or just a recipe path
+      # per-recipe overrides for a method, after the method's own (e.g. each model's tuned learning rate):
+      # gpt2: {recipe: ..., methods: {lora: [train.learning_rate=1.0e-2]}}
     methods: {full: [], lora: [lora.enabled=true], qlora: [lora.enabled=true, quantization.load_in_4bit=true]}
     overrides: [train.epochs=2]          # applied to every table run (not to bases)
     threads: [2, 1]            # the table's CPU thread count, then counts whose reruns measure the spread
@@ -80,13 +82,20 @@ def load_bench(path: str) -> dict:
         safe_name(str(name), file=path, field=f"recipes.{name}")
         if isinstance(entry, str):
             entry = {"recipe": entry}
-        if not isinstance(entry, dict) or not isinstance(entry.get("recipe"), str) or set(entry) - {"recipe", "base"}:
-            raise RecipeError("expected a recipe file path, or {recipe: PATH, base: NAME}", file=path,
-                              field=f"recipes.{name}")
+        if not isinstance(entry, dict) or not isinstance(entry.get("recipe"), str) or \
+                set(entry) - {"recipe", "base", "methods"}:
+            raise RecipeError("expected a recipe file path, or {recipe: PATH, base: NAME, methods: {METHOD: "
+                              "[key=value, ...]}}", file=path, field=f"recipes.{name}")
         if entry.get("base") is not None and entry["base"] not in spec["bases"]:
             raise RecipeError(f"base {entry['base']!r} is not defined", file=path, field=f"recipes.{name}.base",
                               fix=f"add it under bases:, or use one of {sorted(spec['bases']) or 'none defined'}")
-        recipes[str(name)] = {"recipe": entry["recipe"], "base": entry.get("base")}
+        own = entry.get("methods") or {}
+        if not isinstance(own, dict):
+            raise RecipeError("methods must map a method name to its overrides", file=path,
+                              field=f"recipes.{name}.methods", fix="e.g. methods: {lora: [train.learning_rate=1e-2]}")
+        recipes[str(name)] = {"recipe": entry["recipe"], "base": entry.get("base"),
+                              "methods": {str(k): _str_list(v, path, f"recipes.{name}.methods.{k}")
+                                          for k, v in own.items()}}
     spec["recipes"] = recipes
     threads = spec.get("threads") or []
     threads = [threads] if isinstance(threads, int) and not isinstance(threads, bool) else threads
@@ -117,6 +126,11 @@ def load_bench(path: str) -> dict:
     spec["methods"] = {str(safe_name(str(k), file=path, field=f"methods.{k}")): _str_list(v, path, f"methods.{k}")
                        for k, v in methods.items()}
     spec["overrides"] = _str_list(spec.get("overrides"), path, "overrides")
+    for name, entry in spec["recipes"].items():
+        for method in entry["methods"]:
+            if method not in spec["methods"]:
+                raise RecipeError(f"method {method!r} is not defined", file=path, field=f"recipes.{name}.methods",
+                                  fix=f"use one of {sorted(spec['methods'])}")
     tol = spec.get("tolerance") or {}
     if not isinstance(tol, dict):
         raise RecipeError("tolerance must map metric names to numbers", file=path, field="tolerance",
@@ -153,7 +167,8 @@ def validate_runs(spec: dict, path: str, bench_dir: str, reference_text: str | N
     for model_name, entry in spec["recipes"].items():
         for method, overrides in spec["methods"].items():
             r = load_recipe(_recipe_path(entry["recipe"], bench_dir),
-                            list(spec["overrides"]) + list(overrides) + list(extra))
+                            list(spec["overrides"]) + list(overrides) + entry["methods"].get(method, [])
+                            + list(extra))
             keys.update(table_keys(r.eval.metrics))
             if not r.eval.after:
                 raise RecipeError(f"run {model_name}-{method} has eval.after: false, so it has no metrics to tabulate",
@@ -218,7 +233,8 @@ def run_matrix(spec: dict, out: str, *, bench_dir: str, progress=None, extra: li
     for model_name, entry in spec["recipes"].items():
         for method in spec["methods"]:
             name = f"{model_name}-{method}"
-            overrides = (list(spec["overrides"]) + list(spec["methods"][method] or []) + list(extra)
+            overrides = (list(spec["overrides"]) + list(spec["methods"][method] or [])
+                         + entry["methods"].get(method, []) + list(extra)
                          + _base_overrides(out, entry["base"])
                          + [f"train.output_dir={os.path.join(out, 'runs', name)}"])
             jobs.append((rows, name, model_name, method, entry["recipe"], overrides,

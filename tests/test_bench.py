@@ -120,7 +120,8 @@ def test_bench_bases_run_first_and_feed_model_name(tmp_path):
     ft["eval"] = {"before": False, "after": True, "max_samples": 6, "generation": {"max_new_tokens": 4}}
     write_recipe(tmp_path / "ft.yaml", ft)
     (tmp_path / "bench.yaml").write_text(
-        "name: staged\nbases: {b: base.yaml}\nrecipes: {gpt2: {recipe: ft.yaml, base: b}}\n"
+        "name: staged\nbases: {b: base.yaml}\n"
+        "recipes: {gpt2: {recipe: ft.yaml, base: b, methods: {lora: [train.learning_rate=7.0e-3]}}}\n"
         "methods: {lora: [lora.enabled=true]}\nthreads: [2]\nbootstrap: 200\n"
         "paper: {gpt2-lora: {bleu: 70.4}}\n")
     out = tmp_path / "out"
@@ -132,12 +133,17 @@ def test_bench_bases_run_first_and_feed_model_name(tmp_path):
     assert results["threads"] == [2] and results["bases"][0]["run"] == "b"
     recipe_text = (out / "runs" / "gpt2-lora" / "recipe.yaml").read_text()
     assert str(out / "bases" / "b") in recipe_text and "init: pretrained" in recipe_text
+    assert "learning_rate: 0.007" in recipe_text  # the recipe's own overrides for the method
     assert set(run["intervals"]) >= {"perplexity", "bleu"} and set(run["tolerance"]) == set(run["intervals"])
     md = (out / "results.md").read_text()
     assert "| b | " in md and "Against the published figures" in md and "70.40" in md
     (tmp_path / "bad.yaml").write_text("recipes: {gpt2: {recipe: ft.yaml, base: nope}}\n")
     res = run_cli("bench", str(tmp_path / "bad.yaml"))
     assert res.returncode == 2 and "recipes.gpt2.base" in res.stderr and "'nope' is not defined" in res.stderr
+    (tmp_path / "bad2.yaml").write_text("recipes: {gpt2: {recipe: ft.yaml, methods: {lora: [x=1]}}}\n"
+                                        "methods: {full: []}\n")
+    res = run_cli("bench", str(tmp_path / "bad2.yaml"))
+    assert res.returncode == 2 and "recipes.gpt2.methods" in res.stderr and "'lora' is not defined" in res.stderr
 
 
 def test_e2e_paper_spec_cpu_smoke(tmp_path):
