@@ -8,7 +8,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sft.evaluation.metrics import score_texts  # noqa: E402
+from sft.metrics import score_texts  # noqa: E402
 
 rng = random.Random(0)
 words = "the a cat dog sat on mat river stone cloud bird flew over quickly slowly".split()

@@ -32,8 +32,8 @@ import time
 
 
 from .errors import RecipeError
-from .evaluation.metrics import METRICS, display_name, key_info, table_keys
-from .evaluation.metrics import tolerance as registry_tolerance
+from .metrics import METRICS, display_name, key_info, table_keys
+from .metrics import tolerance as registry_tolerance
 from .io import read_json, read_jsonl, read_yaml, safe_name, write_bytes_atomic, write_json_atomic, write_text_atomic
 from . import rundir
 

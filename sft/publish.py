@@ -60,7 +60,7 @@ def model_card(output_dir: str, repo_id: str | None, license: str = "apache-2.0"
     if datasets:
         front["datasets"] = datasets
     if metrics:
-        from .evaluation.metrics import display_name
+        from .metrics import display_name
 
         results = [{"type": k, "name": display_name(k), "value": round(float(v), 4)}
                    for k, v in metrics["metrics"].items()]

@@ -557,12 +557,12 @@ def _validate_combinations(r: Recipe) -> None:
     if r.data.streaming and r.train.evals_per_epoch:
         raise RecipeError("a stream has no epochs to divide", file=file, field="train.evals_per_epoch",
                           fix="use train.eval_steps instead")
-    from .evaluation.metrics import METRICS, check_metric_names
+    from .metrics import METRICS, check_metric_names
 
     check_metric_names(r.eval.metrics, field_name="eval.metrics", file=file)  # the registry's one check
     if any("sql_database" in METRICS[m].options for m in r.eval.metrics + r.eval.during_training.metrics
            if m in METRICS):
-        from .evaluation.sql import check_database
+        from .sql import check_database
 
         check_database(r.eval.sql_database, file=file)  # builtin:synthetic is built when first scored
     _validate_training_eval(r)
@@ -581,7 +581,7 @@ def _validate_combinations(r: Recipe) -> None:
 
 def best_metric_keys(r: Recipe) -> list[str]:
     """Names train.metric_for_best_model may take for this recipe."""
-    from .evaluation.metrics import METRICS
+    from .metrics import METRICS
 
     keys = ["perplexity", "loss"]
     for m in r.eval.during_training.metrics:
@@ -591,7 +591,7 @@ def best_metric_keys(r: Recipe) -> list[str]:
 
 
 def _validate_training_eval(r: Recipe) -> None:
-    from .evaluation.metrics import METRICS
+    from .metrics import METRICS
 
     file, t = r.path, r.train
     for i, m in enumerate(r.eval.during_training.metrics):

@@ -119,7 +119,7 @@ def char_f1(p: str, refs: list[str]) -> dict:
 @pytest.fixture
 def char_f1_metric():
     """Registers `char_f1` for one test, then removes it."""
-    from sft.evaluation.metrics import METRICS, Metric, register
+    from sft.metrics import METRICS, Metric, register
 
     m = register(Metric("char_f1", "text", ("char_f1",), per_sample=char_f1, display={"char_f1": "Character F1"},
                         corpus=lambda ps, rs: {"char_f1": sum(char_f1(p, r)["char_f1"] for p, r in zip(ps, rs))

@@ -472,21 +472,21 @@ def test_hub_source_is_read_a_batch_at_a_time(monkeypatch):
 def test_large_streamed_files_are_fingerprinted_by_samples(tmp_path, monkeypatch):
     import hashlib
 
-    from sft import rundir
+    from sft.data import fingerprint as fp
     from sft.recipe import SourceConfig
 
-    monkeypatch.setattr(rundir, "SAMPLED_OVER", 4 << 20)
+    monkeypatch.setattr(fp, "SAMPLED_OVER", 4 << 20)
     big = tmp_path / "shards" / "part-0.jsonl"
     big.parent.mkdir()
     line = json.dumps({"instruction": "q", "output": "a" * 80}) + "\n"
     big.write_text(line * (16 * (1 << 20) // len(line)))
     (tmp_path / "shards" / "small.jsonl").write_text(line)
     src = SourceConfig(path=str(tmp_path / "shards"))
-    first = rundir.source_fingerprint(src, streaming=True)["files"]["part-0.jsonl"]
-    assert first.startswith("s") and not rundir.source_fingerprint(src, streaming=True)["files"]["small.jsonl"
+    first = fp.source_fingerprint(src, streaming=True)["files"]["part-0.jsonl"]
+    assert first.startswith("s") and not fp.source_fingerprint(src, streaming=True)["files"]["small.jsonl"
                                                                                       ].startswith("s")
     # a prepared source is hashed in full (its hash keys the tokenised cache)
-    assert rundir.source_fingerprint(src)["files"]["part-0.jsonl"] == rundir.file_digest(str(big))
+    assert fp.source_fingerprint(src)["files"]["part-0.jsonl"] == fp.file_digest(str(big))
 
     hashed = []
 
@@ -502,24 +502,24 @@ def test_large_streamed_files_are_fingerprinted_by_samples(tmp_path, monkeypatch
             return self.h.hexdigest()
 
     with monkeypatch.context() as m:
-        m.setattr(rundir.hashlib, "sha256", Counting)
-        assert rundir.data_file_digest(str(big)) == first
+        m.setattr(fp.hashlib, "sha256", Counting)
+        assert fp.data_file_digest(str(big)) == first
     assert sum(hashed) == 2 * (1 << 20) + 64 * (1 << 16) < big.stat().st_size  # not read through
     data = bytearray(big.read_bytes())
     data[len(data) * 32 // 65 + 10] = ord("b")  # inside a sampled block
     big.write_bytes(bytes(data))
-    changed = rundir.data_file_digest(str(big))
+    changed = fp.data_file_digest(str(big))
     assert changed != first
     with open(big, "ab") as fh:  # an appended row changes the size
         fh.write(line.encode())
-    assert rundir.data_file_digest(str(big)) not in (first, changed)
+    assert fp.data_file_digest(str(big)) not in (first, changed)
 
 
 def test_each_reader_resolves_files_as_before(tmp_path):
     """One glob rule: ** reaches into subfolders for prepared and streamed reading alike. Prepared reading: a
     build-data folder gives its split's file, a fingerprint lists a folder's top-level data files. Streaming:
     folders reach into subfolders, .gz counts, and a folder streams every file."""
-    from sft import rundir
+    from sft.data import fingerprint as fp
     from sft.data.sources import local_files
     from sft.recipe import SourceConfig
 
@@ -536,9 +536,9 @@ def test_each_reader_resolves_files_as_before(tmp_path):
     assert names(local_files(str(d), None, streaming=True)) == ["eval.jsonl", "sub/deep.jsonl", "sub/more.jsonl.gz",
                                                                 "train.jsonl"]
     src = SourceConfig(path=str(d))
-    assert sorted(rundir.source_fingerprint(src)["files"]) == ["eval.jsonl", "train.jsonl"]
-    assert sorted(rundir.source_fingerprint(src, streaming=True)["files"]) == [
+    assert sorted(fp.source_fingerprint(src)["files"]) == ["eval.jsonl", "train.jsonl"]
+    assert sorted(fp.source_fingerprint(src, streaming=True)["files"]) == [
         "deep.jsonl", "eval.jsonl", "more.jsonl.gz", "train.jsonl"]
     (d / "sub" / "train.jsonl").write_text("{}\n")  # two files of one name: named from their common folder
-    assert sorted(rundir.source_fingerprint(src, streaming=True)["files"]) == [
+    assert sorted(fp.source_fingerprint(src, streaming=True)["files"]) == [
         "eval.jsonl", "sub/deep.jsonl", "sub/more.jsonl.gz", "sub/train.jsonl", "train.jsonl"]

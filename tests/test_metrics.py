@@ -9,7 +9,7 @@ import sacrebleu
 from rouge_score import rouge_scorer
 
 from conftest import shared
-from sft.evaluation.metrics import CJKTokenizer, corpus_bleu, exact_match, exact_match_normalized, rouge_pair, score_texts
+from sft.metrics import CJKTokenizer, corpus_bleu, exact_match, exact_match_normalized, rouge_pair, score_texts
 
 TYPES = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
 
@@ -143,7 +143,7 @@ def test_one_cjk_reference_makes_the_whole_set_zh_for_bleu_and_rouge():
 
 @pytest.mark.parametrize("tokenize", ["13a", "zh", "char"])
 def test_the_tokenisation_can_be_set(tokenize):
-    from sft.evaluation.metrics import CharTokenizer
+    from sft.metrics import CharTokenizer
 
     preds, refs = ["The cats sat.", "今天 天气"], ["the cat sat", "今天天气很好"]
     corpus, per = score_texts(preds, refs, ["rouge", "bleu"], tokenize)
@@ -227,7 +227,7 @@ def test_accuracy_normalises_labels():
                                       ("pearsonr", "score it outside sft")])
 def test_evaluate_metrics_that_do_not_take_text_are_refused_with_the_reason(name, fix):
     from sft.errors import EvalError
-    from sft.evaluation.metrics import check_metric_names
+    from sft.metrics import check_metric_names
 
     with pytest.raises(EvalError, match="sft hands every metric generated text") as e:
         check_metric_names([f"evaluate:{name}"])

@@ -186,7 +186,8 @@ def test_eval_of_a_run_scores_its_own_split_or_says_the_data_changed(tmp_path):
     from sft.errors import EvalError
     from sft.evaluation.run import saved_split
     from sft.recipe import recipe_from_dict
-    from sft.rundir import FINGERPRINT, data_fingerprint
+    from sft.data.fingerprint import data_fingerprint
+    from sft.rundir import FINGERPRINT
     from sft.data.pipeline import load_splits
     from sft.tokenizer import build_tokenizer
 

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import run_cli, tiny_recipe, write_recipe
 from sft.data import synthetic
-from sft.evaluation.metrics import score_texts
-from sft.evaluation.sql import Database, QueryError, execution_scores
+from sft.metrics import score_texts
+from sft.sql import Database, QueryError, execution_scores
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +117,6 @@ def test_a_recipe_scores_sql_by_execution(tmp_path):
 
 
 def test_the_invalid_rate_reads_lower_is_better():
-    from sft.evaluation.metrics import higher_is_better
+    from sft.metrics import higher_is_better
 
     assert higher_is_better("execution_accuracy") and not higher_is_better("execution_invalid")

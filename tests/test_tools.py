@@ -16,7 +16,7 @@ from sft.data.pipeline import encode, records_from_rows
 from sft.data.clean import DropReport
 from sft.data.templates import (ChatTemplate, chat_template_for, get_template, hub_message, render_prompt,
                                 render_training)
-from sft.evaluation.metrics import score_texts
+from sft.metrics import score_texts
 from sft.recipe import SourceConfig
 from sft.toolcalls import parse, split_reasoning
 

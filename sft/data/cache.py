@@ -44,7 +44,7 @@ def key_parts(recipe, arch: str, tokenizer, *, version: str, code: str) -> dict:
     import dataclasses
 
     from ..recipe import PREPARATION_ONLY
-    from ..rundir import file_digest, sources_fingerprint, template_digest, tokenizer_digest
+    from .fingerprint import file_digest, sources_fingerprint, template_digest, tokenizer_digest
 
     d = recipe.data
     data = dataclasses.asdict(d)

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from .metrics import METRICS, decide_tokenize, reference_streams
+from ..metrics import METRICS, decide_tokenize, reference_streams
 
 
 def _bleu_stats(rows: list[dict], tokenize: str | None):

@@ -10,7 +10,7 @@ import json
 import os
 
 from ..io import write_bytes_atomic, write_text_atomic
-from .metrics import METRICS, display_name, higher_is_better, key_info
+from ..metrics import METRICS, display_name, higher_is_better, key_info
 from .. import rundir
 
 

@@ -18,6 +18,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from .. import rundir
+from ..data import fingerprint
 from ..data.pipeline import encode, encode_prompts, final_answer, prompt_text, record_id, split_corpus
 from ..data.templates import get_template
 from ..distributed import gather, rank_world, shard
@@ -26,7 +27,7 @@ from ..io import read_json, write_json_atomic, write_jsonl_atomic, write_text_at
 from ..recipe import Recipe, load_recipe
 from ..toolcalls import structure_answer
 from .generate import fit_prompt, generate_batched
-from .metrics import METRICS, decide_tokenize, score_texts
+from ..metrics import METRICS, decide_tokenize, score_texts
 from .perplexity import perplexity, token_nll
 from .score import metric_options
 
@@ -316,8 +317,8 @@ def saved_split(target: str, recipe: Recipe, split: str) -> list[dict]:
     pool = {record_id(r): r for r in splits.train + splits.eval + splits.test}
     missing = [i for i in ids if i not in pool]
     if missing:
-        now = rundir.sources_fingerprint(recipe.data)
-        changes = rundir.data_changes({k: saved.get(k, []) for k in now}, now)
+        now = fingerprint.sources_fingerprint(recipe.data)
+        changes = fingerprint.data_changes({k: saved.get(k, []) for k in now}, now)
         raise EvalError(f"the data changed since training: {len(missing)} of the run's {len(ids)} {split} examples "
                         f"are no longer in the sources" + (f" ({'; '.join(changes)})" if changes else ""),
                         file=target, field="data.sources",

@@ -8,7 +8,7 @@ from collections import defaultdict
 
 from ..errors import EvalError
 from ..io import write_json_atomic, write_text_atomic
-from .metrics import METRICS, check_metric_names, decide_tokenize, score_texts
+from ..metrics import METRICS, check_metric_names, decide_tokenize, score_texts
 from .. import rundir
 
 SCHEMA = "sft.metrics/v1"
@@ -101,7 +101,7 @@ def _with_calls(text: str, calls, lineno: int, path: str) -> str:
 def database_path(spec: str | None, *, field: str = "eval.sql_database", file: str | None = None) -> str:
     """The SQLite file execution_accuracy runs on: a checked path, or the synthetic SQL families' own database
     (builtin:synthetic), built once in the sft cache."""
-    from .sql import BUILTIN, check_database
+    from ..sql import BUILTIN, check_database
 
     spec = check_database(spec, field=field, file=file)
     if spec != BUILTIN:

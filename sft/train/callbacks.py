@@ -114,7 +114,7 @@ class TrainingEvaluator:
         self.loss_set = self.gen_set = None
 
     def __call__(self, model) -> dict:
-        from ..evaluation.metrics import score_texts
+        from ..metrics import score_texts
         from ..evaluation.run import build_eval_set, sharded_generate, sharded_nll
         from ..data.templates import get_template
 

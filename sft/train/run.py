@@ -15,6 +15,7 @@ import time
 import torch
 
 from .. import rundir
+from ..data.fingerprint import data_changes, data_fingerprint
 from ..data.pipeline import accounting_lines
 from ..errors import TrainError
 from ..io import read_json, write_json_atomic, write_text_atomic
@@ -116,7 +117,7 @@ def check_resumable_data(out: str, fingerprint: dict) -> None:
     path = os.path.join(out, rundir.FINGERPRINT)
     if not os.path.exists(path):
         return
-    changes = rundir.data_changes(read_json(path), fingerprint)
+    changes = data_changes(read_json(path), fingerprint)
     if changes:
         raise TrainError(f"cannot resume: the data changed since this run started ({'; '.join(changes)})",
                          file=out, field="--resume",
@@ -135,7 +136,7 @@ def resolve_eval_steps(recipe: Recipe, n_train: int) -> int:
 
 
 def _eval_arguments(recipe: Recipe, eval_steps: int) -> dict:
-    from ..evaluation.metrics import higher_is_better
+    from ..metrics import higher_is_better
 
     t = recipe.train
     if not eval_steps:
@@ -278,7 +279,7 @@ def _train(recipe: Recipe, run, resume_from: str | None, overwrite: bool, out: s
     drops = splits.report.to_dict()
     say(f"train {'a stream of' if n_train is None else n_train} examples, eval {len(splits.eval)}, "
         f"test {len(splits.test)}; dropped {drops['dropped'] or 'none'}")
-    fingerprint = rundir.data_fingerprint(recipe, tokenizer, splits)
+    fingerprint = data_fingerprint(recipe, tokenizer, splits)
     if resume_from:
         check_resumable_data(out, fingerprint)
         say(f"resuming from {os.path.basename(resume_from)}")

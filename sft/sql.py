@@ -14,7 +14,7 @@ import sqlite3
 import time
 from collections import Counter
 
-from ..errors import EvalError
+from .errors import EvalError
 
 TIME_LIMIT_S = 2.0
 MAX_ROWS = 100_000

@@ -40,8 +40,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..errors import EvalError
-from ..text import CJK, cjk_tokens
+from .errors import EvalError
+from .text import CJK, cjk_tokens
 
 References = list[list[str]]  # one list of references per item
 
@@ -385,27 +385,27 @@ register(Metric("execution_accuracy", "text", ("execution_accuracy", "execution_
                 doc="predicted and reference SQL give the same result on eval.sql_database"))
 
 def _reference_calls(references: list[str]):
-    from ..toolcalls import parse
+    from .toolcalls import parse
 
     return next((c for c in (parse(r).calls for r in references) if c), None)
 
 
 def _tool_exact(p: str, r: list[str]) -> dict:
-    from ..toolcalls import parse, same_calls
+    from .toolcalls import parse, same_calls
 
     ref = _reference_calls(r)
     return {} if ref is None else {"tool_call_exact": float(same_calls(parse(p).calls, ref))}
 
 
 def _tool_names(p: str, r: list[str]) -> dict:
-    from ..toolcalls import parse, same_names
+    from .toolcalls import parse, same_names
 
     ref = _reference_calls(r)
     return {} if ref is None else {"tool_name_accuracy": float(same_names(parse(p).calls, ref))}
 
 
 def _tool_parse(p: str, r: list[str]) -> dict:
-    from ..toolcalls import parse
+    from .toolcalls import parse
 
     got = parse(p)
     return {"tool_call_parse_rate": float(got.valid and bool(got.calls))} if got.attempted else {}
