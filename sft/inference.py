@@ -7,7 +7,6 @@ model sees at inference is byte-identical to what it was trained on.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 
@@ -16,6 +15,7 @@ from .data.clean import normalise_text
 from .data.pipeline import encode_prompts
 from .data.templates import get_template
 from .errors import DataError, ModelError, RecipeError
+from .io import parse_jsonl
 from .evaluation.generate import generate_batched
 from .recipe import GenerationConfig, Recipe, load_recipe
 from . import rundir
@@ -185,21 +185,7 @@ def _read_inputs(path: str) -> list[dict]:
             raise DataError("input is a directory", file=path, field="--input", fix="pass a .jsonl file")
         with open(path, "rb") as fh:
             raw = fh.read()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})", file=path, field="--input",
-                        fix="re-encode the file as UTF-8, e.g. iconv -t UTF-8") from e
-    rows = []
-    for lineno, line in enumerate(text.split("\n"), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"line {lineno}: invalid JSON ({e.msg})", file=path, field="--input") from e
-            except RecursionError:
-                raise DataError(f"line {lineno}: JSON nested too deeply to read", file=path, field="--input") from None
-    return rows
+    return parse_jsonl(raw, file=path, field="--input", error=DataError)
 
 
 def read_tools(path: str | None) -> list[dict] | None:

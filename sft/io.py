@@ -41,8 +41,34 @@ def read_json(path: str):
 
 
 def read_jsonl(path: str) -> list:
+    """A JSON-lines file sft wrote itself (a run's logs and predictions)."""
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+def parse_jsonl(raw: bytes, *, file: str, field: str, error, objects: bool = False) -> list:
+    """A user's JSON-lines bytes (`sft score`, `sft generate --input`): UTF-8 with an optional byte-order mark, split
+    on \\n only (U+2028 inside a string is text), blank lines skipped; each problem is one `error` (an SftError
+    class) naming the line. `objects`: every row must be a JSON object."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise error(f"not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})", file=file, field=field,
+                    fix="re-encode the file as UTF-8, e.g. iconv -t UTF-8") from e
+    rows = []
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise error(f"line {lineno}: invalid JSON ({e.msg})", file=file, field=field) from e
+        except RecursionError:
+            raise error(f"line {lineno}: JSON nested too deeply to read", file=file, field=field) from None
+        if objects and not isinstance(row, dict):
+            raise error(f"line {lineno}: expected a JSON object", file=file, field=field)
+        rows.append(row)
+    return rows
 
 
 def safe_name(name: str, *, file: str | None, field: str) -> str:

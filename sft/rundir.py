@@ -49,19 +49,6 @@ OWN_PATTERNS = (re.compile(r"checkpoint-\d+"), re.compile(r"model-\d+-of-\d+\.sa
                 re.compile(r"\..+\.tmp"), re.compile(r".+\.tmp\d+"))
 
 
-class RunDir:
-    """One run's output folder: every file sft writes there is named here (`RunDir(out).metrics`, ...)."""
-
-    def __init__(self, root: str):
-        self.root = root
-
-    def __getattr__(self, key: str) -> str:
-        name = globals().get(key.upper())
-        if not isinstance(name, str) or key.startswith("_"):
-            raise AttributeError(key)
-        return os.path.join(self.root, name)
-
-
 # What sft writes into a folder of one kind beyond OWN_FILES (`sft build-data --out`: the splits and their card).
 KIND_FILES = {"data": {f"{s}.{e}" for s in ("train", "validation", "test") for e in ("jsonl", "parquet")}
               | {"DATACARD.md", "build_report.json", "self_instruct"}}

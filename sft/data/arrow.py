@@ -69,6 +69,16 @@ class Encoder:
 COLUMNS = ["input_ids", "labels", "task", "source"]
 
 
+def trainer_view(features):
+    """What a trainer reads: a list of feature dicts (evaluation sets) as a Dataset, or the prepared Arrow /
+    streaming dataset read directly; input_ids and labels only."""
+    if isinstance(features, list):
+        from datasets import Dataset
+
+        return Dataset.from_list([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
+    return features.select_columns(["input_ids", "labels"])
+
+
 @dataclass
 class TrainSet:
     """Tokenised training examples: `dataset` has input_ids, labels, task and source, one row per example as

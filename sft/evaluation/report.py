@@ -6,10 +6,9 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import os
 
-from ..io import write_bytes_atomic, write_text_atomic
+from ..io import read_jsonl, write_bytes_atomic, write_text_atomic
 from ..metrics import METRICS, display_name, higher_is_better, key_info
 from .. import rundir
 
@@ -115,14 +114,11 @@ def read_training_log(path: str | None) -> dict:
     out: dict = {"loss": [], "eval": []}
     if not path or not os.path.exists(path):
         return out
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                rec = json.loads(line)
-                if "loss" in rec:
-                    out["loss"].append((rec["step"], rec["loss"]))
-                if "eval_loss" in rec:
-                    out["eval"].append(rec)
+    for rec in read_jsonl(path):
+        if "loss" in rec:
+            out["loss"].append((rec["step"], rec["loss"]))
+        if "eval_loss" in rec:
+            out["eval"].append(rec)
     return out
 
 

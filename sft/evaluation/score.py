@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 
 from ..errors import EvalError
-from ..io import write_json_atomic, write_text_atomic
+from ..io import parse_jsonl, write_json_atomic, write_text_atomic
 from ..metrics import METRICS, check_metric_names, decide_tokenize, score_texts
 from .. import rundir
 
@@ -18,25 +17,7 @@ def _read_jsonl(path: str, flag: str) -> list[dict]:
     if not os.path.isfile(path):
         raise EvalError("file not found" if not os.path.exists(path) else "not a file", file=path, field=flag)
     with open(path, "rb") as fh:
-        raw = fh.read()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise EvalError(f"not UTF-8 text (byte offset {e.start})", file=path, field=flag,
-                        fix="re-encode the file as UTF-8") from e
-    rows = []
-    for lineno, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise EvalError(f"line {lineno}: invalid JSON ({e.msg})", file=path, field=flag) from e
-        except RecursionError:
-            raise EvalError(f"line {lineno}: JSON nested too deeply to read", file=path, field=flag) from None
-        if not isinstance(row, dict):
-            raise EvalError(f"line {lineno}: expected a JSON object", file=path, field=flag)
-        rows.append(row)
+        rows = parse_jsonl(fh.read(), file=path, field=flag, error=EvalError, objects=True)
     if not rows:
         raise EvalError("no rows", file=path, field=flag)
     return rows

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+from ..data.arrow import trainer_view
 from ..recipe import Recipe
 from ..switches import FLASH_PACKAGE
 from .callbacks import EvaluatingTrainer, NonFiniteLossGuard
@@ -106,18 +106,10 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_features, args_kwargs:
     skip = {} if recipe.train.packing else {"dataset_kwargs": {"skip_prepare_dataset": True}}
     args = build_args(SFTConfig, {"dataset_num_proc": None, **skip, **sft_config_arguments(recipe), **args_kwargs},
                       recipe)
-    dataset = _dataset(train_features)
+    dataset = trainer_view(train_features)
     # sft's own evaluator scores during training; the Trainer only needs an eval set to schedule it
-    eval_dataset = _dataset(eval_features) if eval_features else None
+    eval_dataset = trainer_view(eval_features) if eval_features else None
     trainer = GuardedSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                 callbacks=callbacks, eval_dataset=eval_dataset)
     trainer.data_collator = row_packed_collator(trainer) or trainer.data_collator
     return trainer
-
-
-def _dataset(features):
-    """The trainer's view: a list of feature dicts (evaluation sets), or the prepared Arrow / streaming dataset
-    read directly."""
-    if isinstance(features, list):
-        return Dataset.from_list([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
-    return features.select_columns(["input_ids", "labels"])

@@ -3,9 +3,9 @@ Features are source ids -> target ids; DataCollatorForSeq2Seq pads labels with -
 
 from __future__ import annotations
 
-from datasets import Dataset
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
+from ..data.arrow import trainer_view
 from ..recipe import Recipe
 from .callbacks import EvaluatingTrainer, NonFiniteLossGuard
 
@@ -19,17 +19,9 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_features, args_kwargs:
     from ..passthrough import build_args
 
     args = build_args(Seq2SeqTrainingArguments, args_kwargs, recipe)
-    dataset = _dataset(train_features)
+    dataset = trainer_view(train_features)
     # sft's own evaluator scores during training; the Trainer only needs an eval set to schedule it
-    eval_dataset = _dataset(eval_features) if eval_features else None
+    eval_dataset = trainer_view(eval_features) if eval_features else None
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100, padding=True)
     return GuardedSeq2SeqTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                                  processing_class=tokenizer, callbacks=callbacks, eval_dataset=eval_dataset)
-
-
-def _dataset(features):
-    """The trainer's view: a list of feature dicts (evaluation sets), or the prepared Arrow / streaming dataset
-    read directly."""
-    if isinstance(features, list):
-        return Dataset.from_list([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
-    return features.select_columns(["input_ids", "labels"])
