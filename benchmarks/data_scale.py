@@ -147,7 +147,7 @@ def run_raw(data_glob: str, rows: int) -> dict:
     import pyarrow.parquet as pq
 
     from sft.data.templates import get_template, render_training
-    from sft.modeling import get_tokenizer
+    from sft.tokenizer import get_tokenizer
 
     r = recipe(data_glob, "unused")
     tok = get_tokenizer(r, None, "causal")
@@ -196,7 +196,7 @@ def run_list(data_glob: str) -> dict:
     from datasets import Dataset
 
     from sft.data.pipeline import encode, load_splits
-    from sft.modeling import get_tokenizer
+    from sft.tokenizer import get_tokenizer
 
     r = recipe(data_glob, "unused")
     start = time.perf_counter()

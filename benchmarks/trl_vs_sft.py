@@ -37,7 +37,8 @@ def main():
     from trl import SFTConfig, SFTTrainer
 
     from sft.data.pipeline import final_answer, load_splits, prompt_text
-    from sft.modeling import get_tokenizer, load_model
+    from sft.modeling import load_model
+    from sft.tokenizer import get_tokenizer
     from sft.recipe import load_recipe
     from sft.train.run import train
 

@@ -66,7 +66,7 @@ def _report_from(d: dict) -> DropReport:
 def build(recipe: Recipe, arch: str, tokenizer=None, workdir: str | None = None) -> Prepared:
     """Load, split, (build the tokenizer,) tokenise: the whole preparation, uncached. With `workdir`, the
     records and tokenised tables are files there rather than memory."""
-    from .modeling import builds_tokenizer, get_tokenizer
+    from .tokenizer import builds_tokenizer, get_tokenizer
 
     d = recipe.data
     corpus = split_corpus(d, recipe_file=recipe.path, workdir=workdir)
@@ -134,7 +134,7 @@ def _build_into_cache(recipe: Recipe, arch: str, tokenizer, root: str, key: str,
 def prepare_streaming(recipe: Recipe, arch: str, tokenizer=None) -> Prepared:
     """A `Prepared` whose training set is an IterableDataset, tokenised on the fly (data/stream.py)."""
     from .data.stream import open_corpus
-    from .modeling import builds_tokenizer, get_tokenizer
+    from .tokenizer import builds_tokenizer, get_tokenizer
 
     corpus = open_corpus(recipe.data, recipe.path)
     if tokenizer is None:
@@ -151,7 +151,7 @@ def prepare_data(recipe: Recipe, arch: str, *, tokenizer=None) -> Prepared:
     from . import tokenizer as tokenizer_module
     from .data import cache
     from .distributed import barrier, rank_world
-    from .modeling import builds_tokenizer, get_tokenizer
+    from .tokenizer import builds_tokenizer, get_tokenizer
 
     d = recipe.data
     if d.streaming:

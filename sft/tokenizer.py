@@ -127,3 +127,63 @@ def load_tokenizer(name: str, *, revision: str | None = None, trust_remote_code:
     if tok.pad_token is None:  # GPT-2 has no pad token; reuse EOS (labels mask padding anyway)
         tok.pad_token = tok.eos_token
     return tok
+
+
+# ---- the recipe's tokenizer ----------------------------------------------------------------------
+
+def builds_tokenizer(recipe) -> bool:
+    """Whether the recipe's tokenizer is built from its training data ('bpe' / 'byte') rather than loaded."""
+    return (recipe.model.tokenizer or recipe.model.name) in BUILT
+
+
+def get_tokenizer(recipe, train_records: list[dict] | None, arch: str):
+    """The recipe's tokenizer; 'bpe'/'byte' are built from the rendered training texts (cached)."""
+    m = recipe.model
+    kind = m.tokenizer or m.name
+    if builds_tokenizer(recipe):
+        if recipe.data.template == "tokenizer":
+            raise ModelError(f"template: tokenizer needs a pretrained tokenizer with a chat template, not a {kind!r} "
+                             "tokenizer built from the data", field="data.template",
+                             fix="choose a built-in template (alpaca, chatml, plain), or a Hub/local tokenizer")
+        if train_records is None:
+            raise ModelError("a built tokenizer needs the training data", field="model.tokenizer")
+        from .data.templates import get_template, render_training
+
+        tpl = get_template(recipe.data.template)
+        # documents are trained as their raw text; T5 trains them by span corruption, which needs sentinels
+        texts = [r["messages"][-1]["content"] if r.get("document") else
+                 "".join(t for t, _ in render_training(tpl, r["messages"], recipe.data.system_prompt, r.get("tools")))
+                 for r in train_records]
+        markers = tuple(getattr(tpl, "markers", ()))
+        if arch == "seq2seq" and any(r.get("document") for r in train_records):
+            from .data.documents import SENTINEL, SENTINELS
+
+            markers += tuple(SENTINEL.format(i) for i in range(SENTINELS))
+        tokenizer = build_tokenizer(kind, texts, vocab_size=m.tokenizer_vocab_size, arch=arch, markers=markers,
+                                    digits=m.tokenizer_digits)
+    else:
+        tokenizer = load_tokenizer(kind, revision=m.revision if kind == m.name else None,
+                                   trust_remote_code=m.trust_remote_code)
+    if recipe.data.chat_template_path:
+        tokenizer.chat_template = read_chat_template(recipe.data.chat_template_path)
+    from .data.templates import chat_template_for
+
+    builtin = chat_template_for(recipe.data.template, recipe.data.system_prompt)
+    if builtin is not None:  # saved with the model: servers then prompt it exactly as sft trained it
+        tokenizer.chat_template = builtin
+    return tokenizer
+
+
+def read_chat_template(path: str) -> str:
+    from .errors import RecipeError
+
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError(f"cannot read the chat template ({type(e).__name__})", file=path,
+                          field="data.chat_template_path", fix="point it at a UTF-8 .jinja file") from e
+    if "{{" not in text and "{%" not in text:
+        raise RecipeError("this file is not a Jinja chat template", file=path, field="data.chat_template_path",
+                          fix="point it at a .jinja chat template")
+    return text

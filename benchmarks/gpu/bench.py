@@ -184,7 +184,7 @@ def run_trl(v: dict, args, work: str) -> dict:
     from sft.families import family_of
     from sft.modeling import count_parameters, load_model, lora_targets, run_precision
     from sft.data.pipeline import load_splits
-    from sft.modeling import get_tokenizer
+    from sft.tokenizer import get_tokenizer
     from sft.train.callbacks import JsonlLogger
     from sft.train.run import peak_memory_mb
 

@@ -331,7 +331,8 @@ def evaluate_target(target: str, overrides: list[str], *, split: str = "eval", m
                  harness_limit: int | None = None) -> tuple[str, dict]:
     """Score a recipe's base model (target = recipe file) or a training output directory; with `harness`, also
     run those lm-evaluation-harness tasks on the same model and merge them into metrics.json."""
-    from ..modeling import builds_tokenizer, get_tokenizer, load_for_inference, load_model, resolve_arch
+    from ..modeling import load_for_inference, load_model, resolve_arch
+    from ..tokenizer import builds_tokenizer, get_tokenizer
 
     if max_samples is not None and max_samples < 1:
         raise EvalError(f"--max-samples must be at least 1 (got {max_samples})", field="--max-samples")
