@@ -195,7 +195,8 @@ def run_list(data_glob: str) -> dict:
     """The previous pipeline: records and features as Python lists, then Dataset.from_list for the trainer."""
     from datasets import Dataset
 
-    from sft.data.pipeline import encode, load_splits
+    from sft.data.encode import encode
+    from sft.data.pipeline import load_splits
     from sft.tokenizer import get_tokenizer
 
     r = recipe(data_glob, "unused")

@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from sft.data import synthetic  # noqa: E402
-from sft.data.pipeline import encode_prompts  # noqa: E402
+from sft.data.encode import encode_prompts# noqa: E402
 from sft.evaluation.generate import generate_batched  # noqa: E402
 from sft.recipe import GenerationConfig  # noqa: E402
 

@@ -11,7 +11,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from sft.data.pipeline import encode, load_splits  # noqa: E402
+from sft.data.encode import encode# noqa: E402
+from sft.data.pipeline import load_splits
 from sft.tokenizer import build_tokenizer, load_tokenizer  # noqa: E402
 from sft.recipe import recipe_from_dict  # noqa: E402
 

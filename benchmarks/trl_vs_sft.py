@@ -36,7 +36,8 @@ def main():
     from transformers import AutoModelForCausalLM  # noqa: F401  (imported once, outside the timed blocks)
     from trl import SFTConfig, SFTTrainer
 
-    from sft.data.pipeline import final_answer, load_splits, prompt_text
+    from sft.data.encode import final_answer, prompt_text
+    from sft.data.pipeline import load_splits
     from sft.modeling import load_model
     from sft.tokenizer import get_tokenizer
     from sft.recipe import load_recipe

@@ -110,14 +110,14 @@ class PromptFormat:
         self.template = get_template(recipe.data.template, tokenizer)
 
     def encode_train(self, records: list[dict], **kw):
-        from .data.pipeline import encode
+        from .data.encode import encode
 
         d = self.recipe.data
         return encode(records, self.tokenizer, d.template, arch=self.arch, max_length=kw.pop("max_length", d.max_length),
                       system=d.system_prompt, text_stride=d.text_stride, seed=d.seed, **kw)
 
     def encode_prompt(self, records: list[dict]) -> list[list[int]]:
-        from .data.pipeline import encode_prompts
+        from .data.encode import encode_prompts
 
         return encode_prompts(records, self.tokenizer, self.recipe.data.template, arch=self.arch,
                               system=self.recipe.data.system_prompt)

@@ -12,7 +12,7 @@ import sys
 
 from .data import formats
 from .data.clean import normalise_text
-from .data.pipeline import encode_prompts
+from .data.encode import encode_prompts
 from .data.templates import get_template
 from .errors import DataError, ModelError, RecipeError
 from .io import parse_jsonl

@@ -36,7 +36,7 @@ def _ids(x):
 def test_every_assistant_turn_is_trained_and_prompts_match_apply_chat_template(name, tmp_path):
     from transformers import AutoTokenizer
 
-    from sft.data.pipeline import encode, encode_prompts
+    from sft.data.encode import encode, encode_prompts
     from sft.data.templates import get_template
 
     tok = chat_tokenizer(name)
@@ -70,7 +70,7 @@ def test_every_assistant_turn_is_trained_and_prompts_match_apply_chat_template(n
 
 def test_generation_markers_give_transformers_assistant_mask():
     """Where a template has {% generation %} markers, sft's labels equal transformers' assistant token mask."""
-    from sft.data.pipeline import encode
+    from sft.data.encode import encode
 
     tok = chat_tokenizer("chatml")
     tok.chat_template = (
@@ -157,7 +157,7 @@ def test_builtin_templates_are_saved_as_chat_templates(name, system, tmp_path):
     apply_chat_template(..., add_generation_prompt=True) feeds exactly the ids sft's eval and generate feed."""
     from transformers import AutoTokenizer
 
-    from sft.data.pipeline import encode_prompts
+    from sft.data.encode import encode_prompts
     from sft.data.templates import chat_template_for
 
     tok = AutoTokenizer.from_pretrained(shared("tokenizers", "gpt2"))
@@ -175,7 +175,7 @@ def test_builtin_templates_are_saved_as_chat_templates(name, system, tmp_path):
 def test_a_trained_run_carries_its_template(trained_full):
     from transformers import AutoTokenizer
 
-    from sft.data.pipeline import encode_prompts
+    from sft.data.encode import encode_prompts
 
     saved = AutoTokenizer.from_pretrained(trained_full)
     rows = [json.loads(x) for x in (trained_full / "predictions.jsonl").read_text().splitlines()]
@@ -202,7 +202,7 @@ def test_jinja_templates_train_every_assistant_turn_they_write():
 
 def test_conversations_a_template_refuses_are_dropped_and_counted():
     """Gemma's template raises on a system turn: those rows are dropped with the template's reason, not the run."""
-    from sft.data.pipeline import encode
+    from sft.data.encode import encode
 
     tok = chat_tokenizer("gemma-it")
     ok = {"messages": CONVERSATION[:2], "task": "t", "source": "s"}

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from conftest import FIXTURES, shared
 from sft.data import formats, synthetic
 from sft.data.clean import DropReport, clean_records
-from sft.data.pipeline import encode, encode_prompts, load_splits, prompt_text
+from sft.data.encode import encode, encode_prompts, prompt_text
+from sft.data.pipeline import load_splits
 from sft.data.templates import get_template, render_prompt, render_training
 from sft.errors import DataError, RecipeError
 from sft.recipe import recipe_from_dict

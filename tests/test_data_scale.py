@@ -33,7 +33,7 @@ def _mixed_recipe(tmp_path, **data):
 
 
 def test_arrow_stage_equals_list_encode_and_num_proc_2_equals_1(tmp_path):
-    from sft.data.pipeline import encode
+    from sft.data.encode import encode
     from sft.prepare import build
 
     r = recipe_from_dict(_mixed_recipe(tmp_path), path="r.yaml")
@@ -60,7 +60,7 @@ def test_fast_batch_tokenising_equals_the_tokenizer_call():
     from transformers import AutoTokenizer
 
     from conftest import shared
-    from sft.data.pipeline import _tokenize_many
+    from sft.data.encode import _tokenize_many
     from sft.tokenizer import build_tokenizer
 
     toks = [AutoTokenizer.from_pretrained(shared("tokenizers", "gpt2")),
@@ -278,7 +278,7 @@ def test_streaming_splits_by_hash_and_mixes_by_weight(tmp_path, monkeypatch):
     monkeypatch.setattr("datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)  # datasets' 5 s pause per closed stream
 
     from sft.data.clean import prompt_key
-    from sft.data.pipeline import split_hash
+    from sft.data.split import split_hash
     from sft.data.stream import _mixed, _source_streams
     from sft.prepare import prepare_data
     from sft.data.clean import DropReport
@@ -378,7 +378,7 @@ def _reference_hash_split(records, sizes, seed):
     """The list algorithm the positional split replaced (kept here as the oracle): group by prompt, order groups
     by prompt hash, fill each held-out part with whole groups."""
     from sft.data.clean import prompt_key
-    from sft.data.pipeline import split_hash
+    from sft.data.split import split_hash
 
     groups = {}
     for r in records:
@@ -396,7 +396,7 @@ def test_positional_hash_split_equals_the_list_algorithm():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from sft.data.pipeline import hash_split
+    from sft.data.split import hash_split
 
     @settings(max_examples=150, deadline=None)
     @given(st.lists(st.integers(0, 30), min_size=0, max_size=80), st.lists(st.integers(0, 40), min_size=1, max_size=3),

@@ -119,7 +119,8 @@ def _doc_recipe(tmp_path, arch="gpt2", **data):
 
 @pytest.mark.parametrize("arch", ["gpt2", "t5"])
 def test_documents_become_windows_alike_on_the_arrow_and_list_paths(tmp_path, arch):
-    from sft.data.pipeline import encode, load_splits
+    from sft.data.encode import encode
+    from sft.data.pipeline import load_splits
     from sft.prepare import build
 
     kind = "causal" if arch == "gpt2" else "seq2seq"

@@ -145,7 +145,7 @@ def test_new_family_is_one_entry():
 
 def test_run_context_decides_once_and_prompt_format_agrees_with_the_pipeline():
     from sft.context import RunContext
-    from sft.data.pipeline import encode, encode_prompts
+    from sft.data.encode import encode, encode_prompts
     from sft.recipe import recipe_from_dict
     from sft.tokenizer import load_tokenizer
 

@@ -12,7 +12,8 @@ import re
 import pytest
 
 from sft.data import formats
-from sft.data.pipeline import encode, records_from_rows
+from sft.data.encode import encode
+from sft.data.pipeline import records_from_rows
 from sft.data.clean import DropReport
 from sft.data.templates import (ChatTemplate, chat_template_for, get_template, hub_message, render_prompt,
                                 render_training)

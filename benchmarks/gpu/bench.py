@@ -180,7 +180,7 @@ def run_trl(v: dict, args, work: str) -> dict:
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from sft.data.pipeline import final_answer, prompt_text
+    from sft.data.encode import final_answer, prompt_text
     from sft.families import family_of
     from sft.modeling import count_parameters, load_model, lora_targets, run_precision
     from sft.data.pipeline import load_splits

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 
 from .clean import DropReport
-from .pipeline import encode_rows, tally
+from .encode import encode_rows, tally
 from .templates import get_template
 
 BATCH = 1000

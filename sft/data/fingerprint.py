@@ -77,7 +77,7 @@ def template_digest(spec: str) -> str:
 
 
 def data_fingerprint(recipe, tokenizer, splits) -> dict:
-    from .pipeline import record_id
+    from .split import record_id
 
     d = recipe.data
     return {**sources_fingerprint(d), "template": template_digest(d.template),

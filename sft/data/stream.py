@@ -18,8 +18,8 @@ from ..recipe import SourceConfig
 from . import sources
 from .arrow import Encoder, feature_schema
 from .clean import DropReport, clean_records, prompt_key
-from .pipeline import (allocate, eval_source_names, hash_split, load_source, records_from_rows, source_format,
-                       source_names, split_hash)
+from .pipeline import eval_source_names, load_source, records_from_rows, source_format, source_names
+from .split import allocate, hash_split, split_hash
 
 BUILDERS = sources.STREAM_BUILDERS
 SHUFFLE_BUFFER = 10_000  # records held per source to decorrelate file order (LLaMA-Factory's default is 16,384)

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 
 from .. import rundir
 from ..data import fingerprint
-from ..data.pipeline import encode, encode_prompts, final_answer, prompt_text, record_id, split_corpus
+from ..data.encode import encode, encode_prompts, final_answer, prompt_text
+from ..data.pipeline import split_corpus
+from ..data.split import record_id
 from ..data.templates import get_template
 from ..distributed import gather, rank_world, shard
 from ..errors import EvalError
