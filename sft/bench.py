@@ -267,7 +267,7 @@ def add_tolerances(rows: list[dict], reruns: dict[int, list[dict]]) -> None:
 
 
 def _fmt(key: str, value: float) -> str:
-    return f"{value:.2f}" if key_info(key)[0] is not None and key_info(key)[0].unit == "0-100" else f"{value:.4f}"
+    return f"{value:.2f}" if key_info(key)[0] is not None and key_info(key)[0].scale != 1 else f"{value:.4f}"
 
 
 def _metric_cell(key: str, value, tol: float | None = None) -> str:

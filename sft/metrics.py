@@ -65,9 +65,18 @@ class Metric:
     tokenized: bool = False  # corpus / per_sample take the set's tokenize= decision
     options: tuple[str, ...] = ()  # other keyword inputs it needs from the run (e.g. sql_database)
     lower_is_better_keys: tuple[str, ...] = ()  # keys that run the other way (a rate of failures)
+    # the corpus statistic over resampled items, for bootstrap intervals: (scored rows, key, tokenize) -> a function
+    # of resampled item indices -> the score, or None when the rows cannot give it; None: the mean of the items'
+    # own scores (right for item means, wrong for corpus statistics such as BLEU and perplexity)
+    resample: Callable | None = None
 
     def summary_keys(self) -> tuple[str, ...]:
         return self.keys if self.table_keys is None else self.table_keys
+
+    @property
+    def scale(self) -> float:
+        """What a score is divided by to read 0-1 (100 for 0-100 metrics)."""
+        return 100.0 if self.unit == "0-100" else 1.0
 
 
 METRICS: dict[str, Metric] = {}
@@ -331,12 +340,39 @@ def _emn(p, r):
     return {"exact_match_normalized": exact_match_normalized(p, r)}
 
 
+def _perplexity_resample(rows: list[dict], key: str, tokenize: str | None = None):
+    """exp(summed NLL / summed answer tokens) over the resampled items (not a mean of item perplexities)."""
+    import math
+
+    import numpy as np
+
+    if not all("nll" in r and r.get("answer_tokens") for r in rows):
+        return None
+    nll = np.array([r["nll"] for r in rows], dtype=np.float64)
+    cnt = np.array([r["answer_tokens"] for r in rows], dtype=np.float64)
+    return lambda idx: math.exp(nll[idx].sum() / cnt[idx].sum())
+
+
+def _bleu_resample(rows: list[dict], key: str, tokenize: str | None = None):
+    """Corpus BLEU from the resampled items' summed sacrebleu sufficient statistics (not a mean of sentence BLEU)."""
+    import numpy as np
+    from sacrebleu.metrics import BLEU
+
+    if not all("prediction" in r and r.get("references") for r in rows):
+        return None
+    refs = [list(r["references"]) for r in rows]
+    bleu = BLEU(tokenize=tokenize or decide_tokenize(refs))
+    stats = np.array(bleu._extract_corpus_statistics([r["prediction"] for r in rows], reference_streams(refs)),
+                     dtype=np.int64)
+    return lambda idx: float(bleu._compute_score_from_stats(list(stats[idx].sum(0))).score)
+
+
 register(Metric("perplexity", "model", ("perplexity",), higher_is_better=False, unit="exp(NLL), >= 1",
                 display={"perplexity": "Perplexity"}, tolerance=0.02, relative_tolerance=True,
-                doc="exp(mean NLL over answer tokens)"))
+                resample=_perplexity_resample, doc="exp(mean NLL over answer tokens)"))
 register(Metric("bleu", "text", ("bleu",), corpus=lambda p, r, tokenize=None: {"bleu": corpus_bleu(p, r, tokenize)},
                 per_sample=lambda p, r, tokenize=None: {"bleu": sentence_bleu(p, r, tokenize)}, unit="0-100",
-                display={"bleu": "BLEU"}, tolerance=0.5, tokenized=True,
+                display={"bleu": "BLEU"}, tolerance=0.5, tokenized=True, resample=_bleu_resample,
                 doc="sacrebleu corpus BLEU (13a; zh when references contain CJK)"))
 register(Metric("rouge", "text", ROUGE_TYPES, corpus=_mean_of(rouge_pair), per_sample=rouge_pair,
                 display={"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"},

@@ -8,33 +8,18 @@ here because sacrebleu bootstraps only BLEU/chrF/TER and only for system pairs.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
-from ..metrics import METRICS, decide_tokenize, reference_streams
-
-
-def _bleu_stats(rows: list[dict], tokenize: str | None):
-    from sacrebleu.metrics import BLEU
-
-    refs = [list(r["references"]) for r in rows]
-    bleu = BLEU(tokenize=tokenize or decide_tokenize(refs))
-    stats = np.array(bleu._extract_corpus_statistics([r["prediction"] for r in rows], reference_streams(refs)),
-                     dtype=np.int64)
-    return lambda idx: float(bleu._compute_score_from_stats(list(stats[idx].sum(0))).score)
+from ..metrics import METRICS, key_info
 
 
 def _statistic(key: str, rows: list[dict], tokenize: str | None = None):
-    """A function of resampled item indices -> the corpus score, or None when rows cannot give it."""
-    if key == "perplexity":
-        if not all("nll" in r and r.get("answer_tokens") for r in rows):
-            return None
-        nll = np.array([r["nll"] for r in rows], dtype=np.float64)
-        cnt = np.array([r["answer_tokens"] for r in rows], dtype=np.float64)
-        return lambda idx: math.exp(nll[idx].sum() / cnt[idx].sum())
-    if key == "bleu":
-        return _bleu_stats(rows, tokenize) if all("prediction" in r and r.get("references") for r in rows) else None
+    """A function of resampled item indices -> the corpus score, or None when rows cannot give it: the metric's own
+    statistic when it declares one (`Metric.resample`), else the mean of the items' scores."""
+    metric = key_info(key)[0]
+    if metric is not None and metric.resample is not None:
+        return metric.resample(rows, key, tokenize)
     if not all(key in (r.get("scores") or {}) for r in rows):
         return None
     values = np.array([r["scores"][key] for r in rows], dtype=np.float64)

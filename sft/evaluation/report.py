@@ -145,7 +145,7 @@ def training_curves_figure(log: dict, best_step: int | None = None, title: str =
                 if key_info(k)[0] is None or k in key_info(k)[0].summary_keys()]
     if gen_keys:
         for k in gen_keys:
-            scale = 100.0 if k == "bleu" else 1.0
+            scale = key_info(k)[0].scale if key_info(k)[0] else 1.0
             bx.plot(steps, [e.get(f"eval_{k}", float("nan")) / scale for e in ev], "o-",
                     label=display_name(k) + (" / 100" if scale != 1 else ""))
         bx.set_ylabel("score (0-1, higher is better)")
