@@ -184,3 +184,19 @@ def test_bad_stride_and_a_tokenizer_without_sentinels_are_one_line_errors(tmp_pa
     r["model"]["tokenizer"] = shared("tokenizers", "gpt2")
     res = run_cli("data", write_recipe(tmp_path / "b.yaml", r))
     assert res.returncode == 2 and "sentinel" in res.stderr and res.stderr.count("\n") == 1, res.stderr
+
+
+def test_the_real_t5_tokenizer_has_its_100_sentinels(tmp_path):
+    """T5's own SentencePiece tokenizer (as ../shared/INVENTORY.md loads it): <extra_id_0> is id 32099, counting
+    down, and span corruption reads them by name."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from sft.data.documents import sentinel_ids
+
+    shutil.copy(shared("tokenizers", "t5", "spiece.model"), tmp_path / "spiece.model")
+    (tmp_path / "config.json").write_text('{"model_type": "t5"}')
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    ids = sentinel_ids(tok)
+    assert len(ids) == 100 and ids[0] == 32099 and ids[-1] == 32000
