@@ -200,3 +200,21 @@ def test_the_real_t5_tokenizer_has_its_100_sentinels(tmp_path):
     tok = AutoTokenizer.from_pretrained(tmp_path)
     ids = sentinel_ids(tok)
     assert len(ids) == 100 and ids[0] == 32099 and ids[-1] == 32000
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "t5"])
+def test_streamed_documents_train_in_windows(tmp_path, monkeypatch, arch):
+    """A streamed text source is windowed as it is read (the same Encoder), and the run trains on it."""
+    from sft.prepare import prepare_streaming
+    from sft.train.run import train
+
+    monkeypatch.setattr("datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
+    r = _doc_recipe(tmp_path, arch)
+    r["data"].update(streaming=True, sources=r["data"]["sources"][:1], max_eval_samples=4)
+    r["train"].update(max_steps=3)
+    recipe = recipe_from_dict(r, path="s.yaml")
+    stream = prepare_streaming(recipe, "causal" if arch == "gpt2" else "seq2seq")
+    rows = list(stream.train.dataset.take(40))
+    assert rows and all(len(x["input_ids"]) <= 64 for x in rows)
+    summary = train(recipe)
+    assert summary["global_step"] == 3 and summary["eval"]["metrics"]["perplexity"] > 1
