@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from .distributed import env_rank, env_world_size
 from .errors import TrainError
-from .families import Family, family_of
+from .families import Family, family_of, path_of
 from .precision import Precision, device_facts, for_recipe
 
 
@@ -37,7 +37,7 @@ class RunContext:
         arch = resolve_arch(recipe.model)
         cuda, _ = device_facts()
         on_gpu = cuda and not recipe.train.use_cpu
-        if arch == "seq2seq" and recipe.train.packing:
+        if path_of(arch).encoder_decoder and recipe.train.packing:
             raise TrainError("packing is for causal models; seq2seq examples cannot be packed", file=recipe.path,
                              field="train.packing", fix="set train.packing: false for T5-family models")
         check_passthrough(recipe, arch)  # against the installed trainer class of this path
@@ -58,7 +58,7 @@ class RunContext:
         new = r.eval.generation.max_new_tokens
         generates = bool(r.eval.during_training.metrics) or (
             (r.eval.before or r.eval.after) and any(m != "perplexity" for m in r.eval.metrics))
-        if ctx is not None and self.arch == "causal" and generates and new >= ctx:
+        if ctx is not None and generates and path_of(self.arch).prompt_budget(ctx, new) < 1:
             raise TrainError(f"max_new_tokens={new} leaves no room for a prompt in the model's {ctx}-token context",
                              file=r.path, field="eval.generation.max_new_tokens", fix=f"use fewer than {ctx}")
         if r.lora.enabled:

@@ -37,6 +37,72 @@ FAMILIES: tuple[Family, ...] = (
 _BY_TYPE = {t: f for f in FAMILIES for t in f.model_types}
 
 
+@dataclass(frozen=True)
+class TrainingPath:
+    """Everything that differs between the two training paths, in one place: a causal LM trains on the whole
+    sequence (TRL's SFTTrainer) and generates after a left-padded prompt; an encoder-decoder trains source ->
+    target (transformers' Seq2SeqTrainer) and generates the target alone. Code asks the path, never `arch ==`."""
+
+    name: str                 # "causal" | "seq2seq" (the recipe's model.arch and the family's trainer)
+    encoder_decoder: bool     # features are source ids -> target ids; generation returns only new tokens
+    auto_class: str           # the transformers Auto class
+    peft_task: str            # peft.TaskType member
+    trainer: str              # sft.train module that builds its trainer
+    trainer_name: str         # what trains it, for the model card
+    pipeline_tag: str         # Hub pipeline tag
+    card_tag: str             # Hub tag beside "sft"
+    eos_token: str            # the EOS of a tokenizer sft builds for this path
+    arguments: str            # its trainer's arguments class, as "module.Class"
+
+    @property
+    def left_pad(self) -> bool:
+        """Batched generation pads prompts on the left (a decoder continues the prompt's last token)."""
+        return not self.encoder_decoder
+
+    def prompt_budget(self, context: int, max_new_tokens: int) -> int:
+        """Prompt tokens that fit: a decoder shares its context with the answer; an encoder has its own."""
+        return context if self.encoder_decoder else context - max_new_tokens
+
+    def new_tokens(self, sequences, prompt_width: int):
+        """The generated part of `generate`'s output (a decoder returns the prompt first)."""
+        return sequences if self.encoder_decoder else sequences[..., prompt_width:]
+
+    def scored_width(self, feature: dict) -> int:
+        """The length a perplexity forward pays for: the target's (seq2seq) or the whole sequence's."""
+        return len(feature["labels" if self.encoder_decoder else "input_ids"])
+
+    def logits_and_targets(self, model, ids, mask, labels):
+        """Next-token logits aligned with the tokens they score: a decoder predicts position i + 1 from i; a
+        seq2seq model's decoder is fed the shifted labels and scores every label."""
+        if self.encoder_decoder:
+            return model(input_ids=ids, attention_mask=mask, labels=labels).logits, labels
+        return model(input_ids=ids, attention_mask=mask).logits[:, :-1], labels[:, 1:]
+
+    def answer_start(self, prompt_length: int) -> int:
+        """Tokens of an inference prompt that precede the answer in a perplexity feature (the encoder's EOS is not
+        part of a seq2seq prompt's feature)."""
+        return prompt_length - 1 if self.encoder_decoder else prompt_length
+
+
+PATHS = {
+    "causal": TrainingPath("causal", False, "AutoModelForCausalLM", "CAUSAL_LM", "causal", "TRL SFTTrainer",
+                           "text-generation", "trl", "<|endoftext|>", "trl.SFTConfig"),
+    "seq2seq": TrainingPath("seq2seq", True, "AutoModelForSeq2SeqLM", "SEQ_2_SEQ_LM", "seq2seq",
+                            "transformers Seq2SeqTrainer", "text2text-generation", "seq2seq", "</s>",
+                            "transformers.Seq2SeqTrainingArguments"),
+}
+
+
+def path_of(arch: str) -> TrainingPath:
+    """The training path named by a resolved arch ("causal" or "seq2seq")."""
+    return PATHS[arch]
+
+
+def path_of_adapter(task_type: str | None) -> TrainingPath:
+    """The path a saved adapter was trained on, from its adapter_config.json task_type (causal when unknown)."""
+    return next((p for p in PATHS.values() if p.peft_task == task_type), PATHS["causal"])
+
+
 def family_of(model_type: str | None) -> Family | None:
     return _BY_TYPE.get(model_type or "")
 

@@ -15,6 +15,7 @@ from .data.clean import normalise_text
 from .data.encode import encode_prompts
 from .data.templates import get_template
 from .errors import DataError, ModelError, RecipeError
+from .families import path_of
 from .io import parse_jsonl
 from .evaluation.generate import generate_batched
 from .recipe import GenerationConfig, Recipe, load_recipe
@@ -103,7 +104,7 @@ def _fit(ids: list[int], model, arch: str, gen: GenerationConfig, eos: int | Non
     ctx = context_length(model.config)
     if ctx is None:
         return ids, False
-    budget = ctx - gen.max_new_tokens if arch == "causal" else ctx
+    budget = path_of(arch).prompt_budget(ctx, gen.max_new_tokens)
     if budget < 1:
         raise RecipeError(f"max_new_tokens={gen.max_new_tokens} leaves no room for a prompt in the model's "
                           f"{ctx}-token context", field="--max-new-tokens", fix=f"use fewer than {ctx}")
@@ -289,7 +290,7 @@ def answer(use: Use, messages: list[dict], gen, streamer=None, tools: list[dict]
                                  pad_token_id=use.tokenizer.pad_token_id,
                                  eos_token_id=stop_token_ids(use.tokenizer, stops), streamer=streamer,
                                  **generation_kwargs(gen))
-    new = out[0, inp.shape[1]:] if use.arch == "causal" else out[0]
+    new = path_of(use.arch).new_tokens(out[0], inp.shape[1])
     text = cut_at_stop(use.tokenizer.decode(new, skip_special_tokens=True), stops, strip=not use.raw)
     if keep_raw:  # (text, text with special tokens): tool calls and reasoning may be written in special tokens
         from .evaluation.generate import decode_raw

@@ -12,7 +12,7 @@ from .errors import ModelError
 from .recipe import ModelConfig, Recipe
 
 from .families import SCRATCH as KNOWN_CONFIGS  # public configs for offline `init: scratch` (one table)
-from .families import family_of, trainer_path
+from .families import PATHS, family_of, path_of, path_of_adapter, trainer_path
 from . import rundir
 
 _CONFIGS: dict = {}
@@ -120,7 +120,7 @@ def context_length(config) -> int | None:
 
 
 def resolve_arch(cfg: ModelConfig) -> str:
-    if cfg.arch != "auto":
+    if cfg.arch in PATHS:  # set in the recipe, else "auto": read from the config
         return cfg.arch
     return trainer_path(load_config(cfg))
 
@@ -157,9 +157,9 @@ def quantization_config(recipe: Recipe, precision=None):
 
 
 def _auto_class(arch: str):
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    import transformers
 
-    return AutoModelForSeq2SeqLM if arch == "seq2seq" else AutoModelForCausalLM
+    return getattr(transformers, path_of(arch).auto_class)
 
 
 def load_model(recipe: Recipe, tokenizer, arch: str, *, base_save_dir: str | None = None, precision=None):
@@ -183,7 +183,7 @@ def load_model(recipe: Recipe, tokenizer, arch: str, *, base_save_dir: str | Non
         config.pad_token_id = tokenizer.pad_token_id
         config.eos_token_id = tokenizer.eos_token_id
         config.bos_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        if arch == "seq2seq":
+        if path_of(arch).encoder_decoder:  # T5's convention: the decoder starts from the pad token
             config.decoder_start_token_id = tokenizer.pad_token_id
         torch.manual_seed(recipe.train.seed)
         model = _attention_checked(lambda: cls.from_config(config, **attn))
@@ -286,7 +286,7 @@ def apply_lora(recipe: Recipe, model, arch: str):
         r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
         target_modules=lora_targets(recipe, model), bias=recipe.lora.bias,
         modules_to_save=recipe.lora.modules_to_save or None,
-        task_type=TaskType.SEQ_2_SEQ_LM if arch == "seq2seq" else TaskType.CAUSAL_LM,
+        task_type=getattr(TaskType, path_of(arch).peft_task),
         fan_in_fan_out=bool(getattr(family_of(model.config.model_type), "conv1d", False)),
         use_dora=recipe.lora.use_dora, use_rslora=recipe.lora.use_rslora)
     with warnings.catch_warnings():
@@ -375,7 +375,7 @@ def load_for_inference(output_dir: str, *, device: str | None = None, dtype: tor
                                  fix="restore the base model folder, or retrain")
             with open(adapter_cfg, encoding="utf-8") as fh:
                 task_type = json.load(fh).get("task_type")
-            arch = "seq2seq" if task_type == "SEQ_2_SEQ_LM" else "causal"
+            arch = path_of_adapter(task_type).name
             base = _auto_class(arch).from_pretrained(base_dir, dtype=dtype or torch.float32, trust_remote_code=trust)
             model = PeftModel.from_pretrained(base, output_dir)
         else:

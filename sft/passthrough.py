@@ -11,6 +11,7 @@ import inspect
 import re
 
 from .errors import RecipeError
+from .families import PATHS
 
 # TrainingArguments / SFTConfig fields that a recipe field decides.
 TRAINER_OWNED = {
@@ -50,11 +51,11 @@ INIT_OWNED = {
 
 def _trainer_classes(arch: str | None) -> list:
     """The installed arguments class of the trainer path (both when the path is not known yet)."""
-    from transformers import Seq2SeqTrainingArguments
-    from trl import SFTConfig
+    import importlib
 
-    return {"causal": [SFTConfig], "seq2seq": [Seq2SeqTrainingArguments]}.get(arch or "",
-                                                                            [SFTConfig, Seq2SeqTrainingArguments])
+    paths = [PATHS[arch]] if arch in PATHS else list(PATHS.values())
+    return [getattr(importlib.import_module(p.arguments.rsplit(".", 1)[0]), p.arguments.rsplit(".", 1)[1])
+            for p in paths]
 
 
 def _trainer_fields(arch: str | None) -> set[str]:
@@ -137,8 +138,7 @@ def check(recipe, arch: str | None = None) -> None:
     file = recipe.path
     if recipe.train.trainer_args:
         valid = _trainer_fields(arch)
-        what = {"causal": "trl.SFTConfig", "seq2seq": "transformers.Seq2SeqTrainingArguments"}.get(
-            arch or "", "trl.SFTConfig or Seq2SeqTrainingArguments")
+        what = PATHS[arch].arguments if arch in PATHS else " or ".join(p.arguments for p in PATHS.values())
         types_of = _field_types(arch)
         for key, value in recipe.train.trainer_args.items():
             _refuse(key, valid, TRAINER_OWNED, TRAINER_FIXED, "train.trainer_args", what, file)

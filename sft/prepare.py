@@ -17,6 +17,7 @@ import numpy as np
 from .data.arrow import TrainSet, encode_dataset
 from .data.clean import DropReport
 from .data.pipeline import Splits, accounting_of, split_corpus
+from .families import path_of
 from .recipe import Recipe
 
 
@@ -74,7 +75,7 @@ def build(recipe: Recipe, arch: str, tokenizer=None, workdir: str | None = None)
         tokenizer = get_tokenizer(recipe, corpus.store.records(corpus.train) if builds_tokenizer(recipe) else None,
                                   arch)
     text = [i for i, info in enumerate(corpus.per_source.values()) if info.get("format") == "text"]
-    if arch == "seq2seq" and text:  # checked before tokenising: every document would need them
+    if path_of(arch).encoder_decoder and text:  # checked before tokenising: every document would need them
         from .data.documents import require_sentinels
 
         require_sentinels(tokenizer, f"data.sources.{text[0]}.format", recipe.path)

@@ -47,9 +47,12 @@ def model_card(output_dir: str, repo_id: str | None, license: str = "apache-2.0"
         from .modeling import resolve_arch
 
         arch = resolve_arch(recipe.model)
-    pipeline_tag = "text2text-generation" if arch == "seq2seq" else "text-generation"
+    from .families import path_of
+
+    path = path_of(arch)
+    pipeline_tag = path.pipeline_tag
     name = repo_id or os.path.basename(os.path.abspath(output_dir))
-    tags = ["sft", "trl" if arch == "causal" else "seq2seq", "generated_from_trainer"]
+    tags = ["sft", path.card_tag, "generated_from_trainer"]
     if adapter:
         tags += ["lora", "peft"] + (["qlora"] if recipe.quantization.load_in_4bit else [])
     front: dict = {"library_name": "peft" if adapter else "transformers", "license": license,
@@ -74,7 +77,7 @@ def model_card(output_dir: str, repo_id: str | None, license: str = "apache-2.0"
              f"# {name}", "",
              f"{'A LoRA adapter for' if adapter else 'A fine-tune of'} `{recipe.model.name}`"
              f"{' (initialised from scratch)' if recipe.model.init == 'scratch' else ''}, trained with "
-             f"[sft](https://github.com/) ({'TRL SFTTrainer' if arch == 'causal' else 'transformers Seq2SeqTrainer'}).",
+             f"[sft](https://github.com/) ({path.trainer_name}).",
              "", "## Data", ""]
     for s in recipe.data.sources:
         lines.append(f"- `{s.path}` (format {s.format}, weight {s.weight}"
@@ -98,7 +101,7 @@ def model_card(output_dir: str, repo_id: str | None, license: str = "apache-2.0"
     repo = repo_id or "OWNER/NAME"
     lines += ["", "## How to use", "", "```python"]
     if adapter:
-        cls = "AutoModelForSeq2SeqLM" if arch == "seq2seq" else "AutoModelForCausalLM"
+        cls = path.auto_class
         lines += ["from peft import PeftModel", f"from transformers import {cls}, AutoTokenizer", ""]
         if recipe.model.init == "scratch":
             # adapter_kwargs: else transformers finds the repo's own adapter_config.json and ignores the subfolder
@@ -110,7 +113,7 @@ def model_card(output_dir: str, repo_id: str | None, license: str = "apache-2.0"
         lines += [f"tokenizer = AutoTokenizer.from_pretrained('{repo}', config=base.config)",
                   f"model = PeftModel.from_pretrained(base, '{repo}')"]
     else:
-        cls = "AutoModelForSeq2SeqLM" if arch == "seq2seq" else "AutoModelForCausalLM"
+        cls = path.auto_class
         lines += [f"from transformers import {cls}, AutoTokenizer", "",
                   f"tokenizer = AutoTokenizer.from_pretrained('{repo}')",
                   f"model = {cls}.from_pretrained('{repo}')"]

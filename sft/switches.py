@@ -9,6 +9,7 @@ import difflib
 import importlib.util
 
 from .errors import RecipeError
+from .families import path_of
 from .precision import Precision
 
 ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
@@ -66,7 +67,7 @@ def check(recipe, *, arch: str, model_type: str | None, on_gpu: bool, precision:
             raise RecipeError(f"liger-kernel has no kernels for model type {model_type!r}", file=file,
                               field="train.use_liger_kernel",
                               fix=f"set it false (Liger patches e.g. {', '.join(sorted(supported)[:8])}, ...)")
-    if arch == "seq2seq":
+    if path_of(arch).encoder_decoder:
         for name, on in (("padding_free", t.padding_free), ("use_liger_kernel", t.use_liger_kernel)):
             if on:
                 raise RecipeError(f"train.{name} is for causal models", file=file, field=f"train.{name}",

@@ -19,6 +19,7 @@ import os
 import re
 
 from .errors import ModelError
+from .families import path_of
 
 BUILT = ("bpe", "byte")
 
@@ -28,8 +29,7 @@ def cache_root() -> str:
 
 
 def _special(arch: str) -> dict:
-    eos = "</s>" if arch == "seq2seq" else "<|endoftext|>"
-    return {"pad_token": "<pad>", "eos_token": eos, "unk_token": "<unk>"}
+    return {"pad_token": "<pad>", "eos_token": path_of(arch).eos_token, "unk_token": "<unk>"}
 
 
 GROUPS = 32  # the grouping looks this many groups ahead, so a run costs linear time (unbounded: quadratic)
@@ -100,7 +100,7 @@ def build_tokenizer(kind: str, texts: list[str], *, vocab_size: int, arch: str, 
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **special)
     if len(specials) > 3:
         fast.add_special_tokens({"additional_special_tokens": specials[3:]})
-    if arch == "causal":
+    if not path_of(arch).encoder_decoder:  # GPT-2's convention: BOS is the EOS token
         fast.bos_token = special["eos_token"]
     tmp = f"{path}.tmp{os.getpid()}"
     fast.save_pretrained(tmp)
@@ -155,7 +155,7 @@ def get_tokenizer(recipe, train_records: list[dict] | None, arch: str):
                  "".join(t for t, _ in render_training(tpl, r["messages"], recipe.data.system_prompt, r.get("tools")))
                  for r in train_records]
         markers = tuple(getattr(tpl, "markers", ()))
-        if arch == "seq2seq" and any(r.get("document") for r in train_records):
+        if path_of(arch).encoder_decoder and any(r.get("document") for r in train_records):
             from .data.documents import SENTINEL, SENTINELS
 
             markers += tuple(SENTINEL.format(i) for i in range(SENTINELS))

@@ -285,7 +285,7 @@ def test_gpu_kit_smoke(tmp_path):
 
 @pytest.mark.parametrize("sections,msg", [
     ({"train": {"trainer_args": {"neftune_noise_alpa": 5}}}, "train.trainer_args.neftune_noise_alpa: 'neftune_noise_alpa' "
-     "is not a field of trl.SFTConfig or Seq2SeqTrainingArguments (fix: did you mean 'neftune_noise_alpha'?)"),
+     "is not a field of trl.SFTConfig or transformers.Seq2SeqTrainingArguments (fix: did you mean 'neftune_noise_alpha'?)"),
     ({"train": {"trainer_args": {"learning_rate": 1e-4}}}, "train.trainer_args.learning_rate: learning_rate is set by "
      "train.learning_rate"),
     ({"train": {"trainer_args": {"warmup_ratio": 0.1}}}, "is set by train.warmup_steps (a value below 1 is a ratio"),

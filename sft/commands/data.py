@@ -11,7 +11,9 @@ if TYPE_CHECKING:
 
 def segments(feature: dict, arch: str) -> list[tuple[str, list[int]]]:
     """Runs of (label, token ids) from the real labels: 'trained' where the loss is computed, else 'masked'."""
-    if arch == "seq2seq":
+    from ..families import path_of
+
+    if path_of(arch).encoder_decoder:
         return [("masked (encoder input)", feature["input_ids"]), ("trained", feature["labels"])]
     runs: list[tuple[str, list[int]]] = []
     for tok, lab in zip(feature["input_ids"], feature["labels"]):

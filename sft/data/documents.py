@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import random
 
+from ..families import path_of
+
 NOISE_DENSITY = 0.15
 MEAN_SPAN = 3.0
 SENTINEL = "<extra_id_{}>"
@@ -130,7 +132,7 @@ def document_features(ids: list[int], text: str, tokenizer, *, arch: str, max_le
                       task: str) -> list[dict]:
     """A document's training features: causal windows, or T5 span-corrupted windows."""
     eos = tokenizer.eos_token_id
-    if arch != "seq2seq":
+    if not path_of(arch).encoder_decoder:
         return [{"input_ids": x, "labels": y, "task": task} for x, y in causal_windows(ids, eos, max_length, stride)]
     sentinels = sentinel_ids(tokenizer)
     out = []

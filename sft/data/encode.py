@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import DataError
+from ..families import path_of
 from .clean import DropReport
 from .templates import TemplateRejected, get_template, render_prompt, render_prompt_segments, render_training
 
@@ -80,7 +81,8 @@ def encode_rows(records: list[dict], tokenizer, template, *, arch: str, max_leng
     # A chat template's text is tokenised whole, as apply_chat_template(tokenize=True) and a server tokenise it, and
     # a token is trained where it overlaps a trained span (as return_assistant_tokens_mask marks it); built-in
     # templates tokenise span by span (their recorded losses and benchmark tables pin that).
-    whole = getattr(template, "whole_text", False) and arch == "causal" and getattr(tokenizer, "is_fast", False)
+    whole = getattr(template, "whole_text", False) and not path_of(arch).encoder_decoder and \
+        getattr(tokenizer, "is_fast", False)
     kept = [segs for segs in rendered if not isinstance(segs, str)]
     if whole:
         runs = iter(_whole_text_runs(tokenizer, kept))
@@ -97,7 +99,7 @@ def encode_rows(records: list[dict], tokenizer, template, *, arch: str, max_leng
             out.append((None, no_answer, None, None))
             continue
         edit = None
-        if arch == "seq2seq":
+        if path_of(arch).encoder_decoder:
             src = [i for ids, _ in seg_ids[:last] for i in ids] + [eos]
             tgt = seg_ids[last][0] + [eos]
             length = len(src) + len(tgt)
@@ -135,7 +137,7 @@ def _encode_mixed(records, docs, tokenizer, template, *, text_stride, seed, wind
     from . import documents
 
     arch, max_length = kw["arch"], kw["max_length"]
-    if arch == "seq2seq":
+    if path_of(arch).encoder_decoder:
         documents.require_sentinels(tokenizer)
     doc_set = set(docs)
     rest = [r for i, r in enumerate(records) if i not in doc_set]
@@ -209,7 +211,7 @@ def encode_prompts(records: list[dict], tokenizer, template_spec: str, *, arch: 
     out = []
     for segs in rendered:
         ids = [i for _ in segs for i in next(ids_flat)]
-        if arch == "seq2seq":
+        if path_of(arch).encoder_decoder:
             ids = ids + [tokenizer.eos_token_id]
         out.append(ids)
     return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..data.templates import stop_token_ids
+from ..families import path_of
 
 
 def _pad(seqs: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,11 +79,11 @@ def generate_batched(model, tokenizer, prompts: list[list[int]], *, arch: str, g
 
         batches = tqdm(batches, desc="generating", leave=False)
     for idx in batches:
-        ids, mask = _pad([prompts[i] for i in idx], tokenizer.pad_token_id, left=arch == "causal")
+        ids, mask = _pad([prompts[i] for i in idx], tokenizer.pad_token_id, left=path_of(arch).left_pad)
         ids, mask = ids.to(device), mask.to(device)
         seqs = model.generate(input_ids=ids, attention_mask=mask, pad_token_id=tokenizer.pad_token_id,
                               eos_token_id=eos_ids, synced_gpus=synced_gpus, **kwargs)
-        new = seqs[:, ids.shape[1]:] if arch == "causal" else seqs
+        new = path_of(arch).new_tokens(seqs, ids.shape[1])
         texts = [cut_at_stop(t, stops, strip) for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
         if keep_raw:
             texts = [(t, decode_raw(tokenizer, row, eos_ids, stops)) for t, row in zip(texts, new.tolist())]

@@ -12,6 +12,7 @@ import difflib
 import os
 
 from ..errors import EvalError
+from ..families import path_of
 
 
 def _task_names(specs: list[str]) -> tuple[list[str], list[str]]:
@@ -67,7 +68,7 @@ def run_harness(model, tokenizer, arch: str, planned: tuple[list[str], object], 
     names, manager = planned
     was_training = model.training
     model.eval()
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, backend="seq2seq" if arch == "seq2seq" else "causal",
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, backend=path_of(arch).name,
               batch_size=batch_size)
     try:
         results = lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=manager, limit=limit,

@@ -9,6 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..families import path_of
 from .generate import _pad
 
 
@@ -42,22 +43,18 @@ def token_nll(model, features: list[dict], *, arch: str, pad_id: int, batch_size
     itemsize = dtype.itemsize if dtype.is_floating_point else 2  # 4-bit weights compute in 16 bits or more
     vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else 1
     results: list[tuple[float, int]] = [(0.0, 0)] * len(features)
+    path = path_of(arch)
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]), reverse=True)
     for b in range(0, len(order), batch_size):
         idx = order[b: b + batch_size]
-        width = max(len(features[i]["labels" if arch == "seq2seq" else "input_ids"]) for i in idx)
+        width = max(path.scored_width(features[i]) for i in idx)
         step = _rows_per_forward(width, vocab, itemsize, logits_budget)
         for c in range(0, len(idx), step):
             sub = idx[c: c + step]
             ids, mask = _pad([features[i]["input_ids"] for i in sub], pad_id, left=False)
             labels, _ = _pad([features[i]["labels"] for i in sub], -100, left=False)
             ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
-            if arch == "seq2seq":
-                logits = model(input_ids=ids, attention_mask=mask, labels=labels).logits
-                target = labels
-            else:
-                logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
-                target = labels[:, 1:]
+            logits, target = path.logits_and_targets(model, ids, mask, labels)
             nll = _chunked_nll(logits, target)
             del logits
             counts = (target != -100).sum(dim=1)

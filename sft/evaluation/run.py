@@ -25,6 +25,7 @@ from ..data.split import record_id
 from ..data.templates import get_template
 from ..distributed import gather, rank_world, shard
 from ..errors import EvalError
+from ..families import path_of
 from ..io import read_json, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from ..recipe import Recipe, load_recipe
 from ..toolcalls import structure_answer
@@ -70,7 +71,7 @@ def _prompt_messages(record: dict) -> list[dict]:
 def _fit_feature(feat: dict, keep_prompt: int, ctx: int | None, arch: str, eos: int, counts: Counter) -> dict:
     """Left-truncate the prompt part of a perplexity feature exactly like the generation prompt; an answer
     that alone exceeds the context is cut at its end (counted)."""
-    if arch == "seq2seq":
+    if path_of(arch).encoder_decoder:
         ids, labels = feat["input_ids"], feat["labels"]
         if ctx and len(ids) > ctx:
             ids = ids[-ctx:]
@@ -117,7 +118,7 @@ def build_eval_set(model_config, tokenizer, arch: str, records: list[dict], reci
     ctx = context_length(model_config)
     budget = None
     if ctx is not None:
-        budget = ctx - e.generation.max_new_tokens if arch == "causal" else ctx
+        budget = path_of(arch).prompt_budget(ctx, e.generation.max_new_tokens)
         if budget < 1:
             raise EvalError(f"max_new_tokens={e.generation.max_new_tokens} leaves no room for a prompt in the "
                             f"model's {ctx}-token context", field="eval.generation.max_new_tokens",
@@ -142,7 +143,7 @@ def build_eval_set(model_config, tokenizer, arch: str, records: list[dict], reci
         for f, r in zip(enc.features, enc.records):
             k = item_of[id(r)]
             es.features.append(f if r.get("document") else _fit_feature(
-                f, len(es.prompts[k]) - (1 if arch == "seq2seq" else 0), ctx, arch, tokenizer.eos_token_id,
+                f, path_of(arch).answer_start(len(es.prompts[k])), ctx, arch, tokenizer.eos_token_id,
                 es.truncated))
             es.feature_item.append(k)
     return es

@@ -318,10 +318,12 @@ def _train(recipe: Recipe, run, resume_from: str | None, overwrite: bool, out: s
     trainable, total = count_parameters(model)
     say(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.3f}%)")
 
-    from . import causal, seq2seq
+    import importlib
+
+    from ..families import path_of
     from ..switches import fsdp_arguments
 
-    builder = seq2seq if arch == "seq2seq" else causal
+    builder = importlib.import_module(f".{path_of(arch).trainer}", __package__)
     resume_step = _step(resume_from) if resume_from else None
     callbacks = [JsonlLogger(os.path.join(out, rundir.TRAIN_LOG), resume_step)] if rank() == 0 else []
     eval_steps = resolve_eval_steps(recipe, n_train or 0)
