@@ -54,8 +54,8 @@ def _trainer_classes(arch: str | None) -> list:
     import importlib
 
     paths = [PATHS[arch]] if arch in PATHS else list(PATHS.values())
-    return [getattr(importlib.import_module(p.arguments.rsplit(".", 1)[0]), p.arguments.rsplit(".", 1)[1])
-            for p in paths]
+    return [getattr(importlib.import_module(module), name)
+            for module, _, name in (p.arguments.rpartition(".") for p in paths)]
 
 
 def _trainer_fields(arch: str | None) -> set[str]:

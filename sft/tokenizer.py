@@ -151,13 +151,13 @@ def get_tokenizer(recipe, train_records: list[dict] | None, arch: str):
 
         tpl = get_template(recipe.data.template)
         # documents are trained as their raw text; T5 trains them by span corruption, which needs sentinels
-        texts = [r["messages"][-1]["content"] if r.get("document") else
+        from .data.documents import SENTINEL, SENTINELS, document_text
+
+        texts = [document_text(r) if r.get("document") else
                  "".join(t for t, _ in render_training(tpl, r["messages"], recipe.data.system_prompt, r.get("tools")))
                  for r in train_records]
         markers = tuple(getattr(tpl, "markers", ()))
         if path_of(arch).encoder_decoder and any(r.get("document") for r in train_records):
-            from .data.documents import SENTINEL, SENTINELS
-
             markers += tuple(SENTINEL.format(i) for i in range(SENTINELS))
         tokenizer = build_tokenizer(kind, texts, vocab_size=m.tokenizer_vocab_size, arch=arch, markers=markers,
                                     digits=m.tokenizer_digits)

@@ -110,12 +110,9 @@ def clean_records(records: list[dict], *, normalize_form: str = "nfc", dedupe: b
         if not answers or not has_answer(answers[-1]):
             report.drop("empty answer", source=rec.get("source"))
             continue
-        if not users or not any(m["content"] or m.get("input") for m in users):
-            if rec.get("allow_empty_prompt"):
-                pass
-            else:
-                report.drop("empty prompt", source=rec.get("source"))
-                continue
+        if not rec.get("document") and not any(m["content"] or m.get("input") for m in users):
+            report.drop("empty prompt", source=rec.get("source"))  # a document has no prompt by design
+            continue
         rec = {**rec, "messages": msgs}
         if dedupe:
             key = json.dumps([message_key(m) for m in msgs] + [rec.get("tools") or []], ensure_ascii=False)

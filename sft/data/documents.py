@@ -20,40 +20,45 @@ from __future__ import annotations
 import hashlib
 import random
 
-from ..families import path_of
-
 NOISE_DENSITY = 0.15
 MEAN_SPAN = 3.0
 SENTINEL = "<extra_id_{}>"
 SENTINELS = 100  # as many as T5's own tokenizer has
 
 
+def document_text(record: dict) -> str:
+    """A document record's text (`format: text` makes it the one answer of an empty prompt)."""
+    return record["messages"][-1]["content"]
+
+
+def _starts(n: int, size: int, overlap: int) -> tuple[list[int], int]:
+    """Where each `size`-token window over `n` tokens starts (at least one window), each after the first repeating
+    `overlap` tokens of the one before (at most size - 1, so every window adds a token); and that overlap."""
+    overlap = min(overlap, size - 1)
+    starts = [0]
+    while starts[-1] + size < n:
+        starts.append(starts[-1] + size - overlap)
+    return starts, overlap
+
+
 def causal_windows(ids: list[int], eos: int, max_length: int, stride: int = 0) -> list[tuple[list[int], list[int]]]:
     """(input_ids, labels) per window of `ids + [eos]`; windows after the first start `stride` tokens before the
     previous one ended, and those tokens are labelled -100."""
     tokens = ids + [eos]
-    step = max_length - stride
-    out, start = [], 0
-    while True:
+    starts, overlap = _starts(len(tokens), max_length, stride)
+    out = []
+    for start in starts:
         window = tokens[start:start + max_length]
-        skip = stride if start else 0
+        skip = overlap if start else 0
         out.append((window, [-100] * skip + window[skip:]))
-        if start + max_length >= len(tokens):
-            return out
-        start += step
+    return out
 
 
 def span_windows(ids: list[int], max_length: int, stride: int = 0) -> list[list[int]]:
     """Raw token windows for span corruption: `max_length - 1` tokens each (the corrupted input, plus EOS, is never
     longer than its window plus one)."""
     size = max_length - 1
-    step = max(1, size - stride)
-    out, start = [], 0
-    while True:
-        out.append(ids[start:start + size])
-        if start + size >= len(ids):
-            return out
-        start += step
+    return [ids[start:start + size] for start in _starts(len(ids), size, stride)[0]]
 
 
 def _segments(rng: random.Random, items: int, segments: int) -> list[int]:
@@ -123,20 +128,15 @@ def require_sentinels(tokenizer, field: str = "model.tokenizer", file: str | Non
     return ids
 
 
-def window_rng(seed: int, text: str, window: int) -> random.Random:
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-    return random.Random(f"{seed}:{digest}:{window}")
-
-
-def document_features(ids: list[int], text: str, tokenizer, *, arch: str, max_length: int, stride: int, seed: int,
-                      task: str) -> list[dict]:
-    """A document's training features: causal windows, or T5 span-corrupted windows."""
-    eos = tokenizer.eos_token_id
-    if not path_of(arch).encoder_decoder:
+def document_features(ids: list[int], text: str, *, eos: int, sentinels: list[int] | None, max_length: int,
+                      stride: int, seed: int, task: str) -> list[dict]:
+    """A document's training features: causal windows, or (given the tokenizer's `sentinels`) T5 span-corrupted
+    windows, each corrupted by a generator seeded from `seed`, the document's hash and the window's index."""
+    if sentinels is None:
         return [{"input_ids": x, "labels": y, "task": task} for x, y in causal_windows(ids, eos, max_length, stride)]
-    sentinels = sentinel_ids(tokenizer)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
     out = []
     for w, window in enumerate(span_windows(ids, max_length, stride)):
-        x, y = span_corrupt(window, sentinels, eos, window_rng(seed, text, w))
+        x, y = span_corrupt(window, sentinels, eos, random.Random(f"{seed}:{digest}:{w}"))
         out.append({"input_ids": x, "labels": y, "task": task})
     return out

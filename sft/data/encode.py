@@ -12,6 +12,9 @@ from .clean import DropReport
 from .templates import TemplateRejected, get_template, render_prompt, render_prompt_segments, render_training
 
 
+NO_ANSWER = "no trained token (no answer, or every answer has loss_weight 0)"
+
+
 @dataclass
 class Encoded:
     features: list[dict]  # input_ids, labels (+ task, index into the records)
@@ -88,7 +91,6 @@ def encode_rows(records: list[dict], tokenizer, template, *, arch: str, max_leng
         runs = iter(_whole_text_runs(tokenizer, kept))
     else:
         ids_flat = iter(_tokenize_many(tokenizer, [t for segs in kept for t, _ in segs]))
-    no_answer = "no trained token (no answer, or every answer has loss_weight 0)"
     for rec, segs in zip(records, rendered):
         if isinstance(segs, str):
             out.append((None, segs, None, None))
@@ -96,7 +98,7 @@ def encode_rows(records: list[dict], tokenizer, template, *, arch: str, max_leng
         seg_ids = next(runs) if whole else [(next(ids_flat), trained) for _, trained in segs]
         last = max((i for i, (_, t) in enumerate(seg_ids) if t), default=None)
         if last is None:
-            out.append((None, no_answer, None, None))
+            out.append((None, NO_ANSWER, None, None))
             continue
         edit = None
         if path_of(arch).encoder_decoder:
@@ -136,26 +138,25 @@ def _encode_mixed(records, docs, tokenizer, template, *, text_stride, seed, wind
     """`encode_rows` for a batch holding documents: they are windowed raw text (no template), the rest as usual."""
     from . import documents
 
-    arch, max_length = kw["arch"], kw["max_length"]
-    if path_of(arch).encoder_decoder:
-        documents.require_sentinels(tokenizer)
+    sentinels = documents.require_sentinels(tokenizer) if path_of(kw["arch"]).encoder_decoder else None
     doc_set = set(docs)
     rest = [r for i, r in enumerate(records) if i not in doc_set]
     others = iter(encode_rows(rest, tokenizer, template, **kw)) if rest else iter(())
-    texts = [records[i]["messages"][-1]["content"] for i in docs]
+    texts = [documents.document_text(records[i]) for i in docs]
     ids = iter(_tokenize_many(tokenizer, texts))
-    size = window or max_length
+    text = iter(texts)
     out = []
     for i, rec in enumerate(records):
         if i not in doc_set:
             out.append(next(others))
             continue
-        toks = next(ids)
+        toks, body = next(ids), next(text)
         if not toks:
-            out.append((None, "no trained token (no answer, or every answer has loss_weight 0)", None, None))
+            out.append((None, NO_ANSWER, None, None))
             continue
-        feats = documents.document_features(toks, rec["messages"][-1]["content"], tokenizer, arch=arch,
-                                            max_length=size, stride=text_stride, seed=seed, task=rec["task"])
+        feats = documents.document_features(toks, body, eos=tokenizer.eos_token_id, sentinels=sentinels,
+                                            max_length=window or kw["max_length"], stride=text_stride, seed=seed,
+                                            task=rec["task"])
         out.append((feats, None, None, len(toks) + 1))
     return out
 

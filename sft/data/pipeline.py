@@ -134,7 +134,7 @@ def records_from_rows(src: SourceConfig, fmt: str, rows: list[dict], name: str, 
                 edits.get("conversation split after turns with reasoning", 0) + 1
         records += [{"messages": p, "task": _task_of(src, row, name), "source": name,
                      **({"tools": tools} if tools else {}),
-                     **({"allow_empty_prompt": True, "document": True} if fmt == "text" else {})} for p in parts]
+                     **({"document": True} if fmt == "text" else {})} for p in parts]
     for reason, n in edits.items():
         report.edit(f"{name}: {reason}", n)
     return records, sum(drops.values())
