@@ -218,3 +218,12 @@ def test_streamed_documents_train_in_windows(tmp_path, monkeypatch, arch):
     assert rows and all(len(x["input_ids"]) <= 64 for x in rows)
     summary = train(recipe)
     assert summary["global_step"] == 3 and summary["eval"]["metrics"]["perplexity"] > 1
+
+
+def test_a_stride_beyond_the_window_still_ends_and_trains_each_token_once():
+    """Evaluation windows can be shorter than data.text_stride (the model context is smaller than max_length): the
+    overlap is capped so every window adds a token."""
+    ids = list(range(1, 40))
+    windows = causal_windows(ids, 0, 8, 20)
+    assert [t for _, labels in windows for t in labels if t != -100] == ids + [0]
+    assert span_windows(ids, 8, 20)[-1][-1] == ids[-1]
