@@ -6,8 +6,10 @@ import json
 import os
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from conftest import run_cli, shared, tiny_recipe, write_recipe
+from conftest import ROOT, run_cli, shared, tiny_recipe, write_recipe
 
 TEMPLATES = ["llama-3-instruct", "qwen2.5-instruct", "mistral-instruct", "gemma-it", "phi-3", "zephyr", "chatml"]
 SPECIAL = ["<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<start_of_turn>",
@@ -211,3 +213,67 @@ def test_conversations_a_template_refuses_are_dropped_and_counted():
     assert len(enc.features) == 2
     (reason, n), = enc.report.to_dict()["dropped"].items()
     assert n == 1 and "rejected by the chat template" in reason and "alternate" in reason
+
+
+# ---- a built-in template is its chat template: one file, rendered by transformers' engine -------------------
+
+_TEXT = st.lists(st.sampled_from(list("ab <>\n{}\"'é#:|_/") + ["<think>", "\n\n", "### ", "<|im_end|>"]),
+                 max_size=6).map("".join)
+_CALL = st.fixed_dictionaries({"name": st.sampled_from(["f", "get_w", 'x"y']), "arguments": st.dictionaries(
+    st.sampled_from(["a", "é"]), st.one_of(st.integers(), _TEXT), max_size=2)})
+
+
+def _message(role):
+    if role == "assistant":
+        return st.fixed_dictionaries({"role": st.just(role), "content": _TEXT}, optional={
+            "tool_calls": st.lists(_CALL, min_size=1, max_size=2), "reasoning": _TEXT.filter(bool)})
+    if role == "user":
+        return st.fixed_dictionaries({"role": st.just(role), "content": _TEXT}, optional={"input": _TEXT})
+    return st.fixed_dictionaries({"role": st.just(role), "content": _TEXT})
+
+
+_CONVERSATION = st.lists(st.sampled_from(["system", "user", "user", "assistant", "tool"]), min_size=1,
+                         max_size=5).flatmap(lambda roles: st.tuples(*[_message(r) for r in roles]))
+_TOOL_SPECS = st.one_of(st.none(), st.lists(st.fixed_dictionaries({"type": st.just("function"), "function": (
+    st.fixed_dictionaries({"name": _TEXT, "parameters": st.just({"type": "object"})}))}), min_size=1, max_size=2))
+
+
+@pytest.fixture(scope="module")
+def gpt2_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(shared("tokenizers", "gpt2"))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(msgs=_CONVERSATION, tools=_TOOL_SPECS, system=st.one_of(st.none(), _TEXT),
+       name=st.sampled_from(["alpaca", "chatml", "plain"]))
+def test_builtin_trained_text_is_the_saved_templates_text(gpt2_tokenizer, msgs, tools, system, name):
+    """What sft trains on (every segment, trained or not) is what the saved template renders through
+    apply_chat_template for the same messages; the generation prompt is sft's inference prompt."""
+    from sft.data.templates import TEMPLATES, chat_template_for, hub_message, render_prompt
+
+    msgs = [dict(m) for m in msgs]
+    tok = gpt2_tokenizer
+    tok.chat_template = chat_template_for(name, system)
+    assert "{%- generation" not in tok.chat_template  # saved without the training tags
+    tpl = TEMPLATES[name]
+    text = "".join(t for t, _ in tpl.render(msgs, system, tools))
+    saved = tok.apply_chat_template(msgs, tools=tools, tokenize=False)
+    eos = tok.eos_token if msgs[-1]["role"] == "assistant" and name != "chatml" else ""
+    assert saved == text + eos
+    if msgs[-1]["role"] != "assistant":
+        assert tok.apply_chat_template(msgs, tools=tools, tokenize=False, add_generation_prompt=True) == \
+            render_prompt(tpl, msgs, system, tools)
+    hub = [hub_message(m) if m["role"] != "user" else m for m in msgs]  # the Hub's shape renders the same
+    assert tok.apply_chat_template(hub, tools=tools, tokenize=False) == saved
+
+
+def test_each_builtin_template_is_one_file():
+    from sft.data.templates import TEMPLATES
+
+    folder = os.path.join(ROOT, "sft", "data", "chat_templates")
+    assert set(TEMPLATES) == {f[:-6] for f in os.listdir(folder) if f.endswith(".jinja")} - {"tools"}
+    assert {"alpaca", "chatml", "plain"} <= set(TEMPLATES) and all(t.doc for t in TEMPLATES.values())
+    assert TEMPLATES["chatml"].stop == ("<|im_end|>",) and TEMPLATES["alpaca"].stop == ("\n\n### Instruction:",)
+    assert TEMPLATES["chatml"].markers == ("<|im_start|>", "<|im_end|>") and TEMPLATES["alpaca"].markers == ()

@@ -221,9 +221,9 @@ def encode_prompts(records: list[dict], tokenizer, template_spec: str, *, arch: 
 def final_answer(record: dict) -> str:
     """The reference an evaluation scores: the final answer's text, and its tool calls in the built-in tool
     format (`<tool_call>` JSON, which the tool-call metrics parse); its reasoning is not part of it."""
-    from .templates import answer_body
+    from .templates import answer_text
 
-    return answer_body(next(m for m in reversed(record["messages"]) if m["role"] == "assistant"))
+    return answer_text(next(m for m in reversed(record["messages"]) if m["role"] == "assistant"), reasoning=False)
 
 
 def prompt_text(record: dict, template_spec: str, system: str | None = None, tokenizer=None) -> str:

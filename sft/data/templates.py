@@ -1,7 +1,11 @@
 """Registry of prompt templates: canonical record -> text segments marked trained / not trained.
 
-A template renders a whole conversation into segments `(text, trained)`: every assistant answer is a
-trained segment, everything else is context. Causal models train on the concatenation (loss on the
+Every prompt sft trains or serves is rendered by a chat template through transformers' own Jinja engine (the one
+`apply_chat_template` runs): the tokenizer's (`template: tokenizer`), or a built-in, which is a chat template
+shipped as `chat_templates/NAME.jinja` (with `tools.jinja`, the tool format they share) and saved with the model as
+it is. User templates in sft's variables (`JinjaTemplate`) write the prompt; the answer after it is written by the
+built-ins' answer macro. A template renders a whole conversation into segments `(text, trained)`: every assistant
+answer is a trained segment (`{% generation %}` blocks mark them in the built-ins), everything else is context. Causal models train on the concatenation (loss on the
 trained segments, EOS appended); seq2seq models read everything before the final answer as the
 source and the final answer as the target. Inference renders the same messages with an empty final
 answer and drops it, so the prompt is byte-identical to the one seen in training.
@@ -12,139 +16,13 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ..errors import RecipeError
 
 Segment = tuple[str, bool]
 
-ALPACA_PROMPT_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "
-                       "context. Write a response that appropriately completes the request.")
-ALPACA_PROMPT_NO_INPUT = "Below is an instruction that describes a task. Write a response that appropriately " \
-                         "completes the request."
-
-
-@dataclass(frozen=True)
-class Template:
-    name: str
-    render: Callable[..., list[Segment]]  # (messages, system, tools) -> segments
-    stop: tuple[str, ...] = ()  # text markers that end an answer at inference (besides EOS)
-    doc: str = ""
-    appends_eos: bool = True  # training appends the tokenizer's EOS after the final answer
-    markers: tuple[str, ...] = ()  # control markers a tokenizer built for this template keeps whole (special)
-
-
 def _user_text(m: dict) -> str:
     return m["content"] + (f"\n\n{m['input']}" if m.get("input") else "")
-
-
-# The built-in templates' one tool format (Hermes / Qwen2.5 wording): the tools list closes the system text, a
-# call is <tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call> after the answer's text, reasoning
-# opens the answer as <think>\n...\n</think>\n\n, and tool results are `tool` turns. The saved chat templates
-# (BUILTIN_CHAT_TEMPLATES) write the same text.
-TOOLS_HEAD = ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with "
-              "function signatures within <tools></tools> XML tags:\n<tools>")
-TOOLS_TAIL = ("\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
-              "<tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": "
-              "<args-json-object>}\n</tool_call>")
-
-
-def tools_text(tools: list[dict] | None) -> str:
-    import json
-
-    return TOOLS_HEAD + "".join("\n" + json.dumps(t, ensure_ascii=False) for t in tools) + TOOLS_TAIL if tools else ""
-
-
-def call_text(call: dict) -> str:
-    import json
-
-    return "<tool_call>\n" + json.dumps({"name": call["name"], "arguments": call["arguments"]},
-                                        ensure_ascii=False) + "\n</tool_call>"
-
-
-def answer_body(m: dict) -> str:
-    """An answer's text with its tool calls, as the built-in templates write it (reasoning not included)."""
-    body = m["content"]
-    for c in m.get("tool_calls") or ():
-        body += ("\n" if body else "") + call_text(c)
-    return body
-
-
-def think_text(m: dict) -> str:
-    return f"<think>\n{m['reasoning']}\n</think>\n\n" if m.get("reasoning") else ""
-
-
-def _answer(m: dict, suffix: str = "") -> list[Segment]:
-    """An assistant turn's segments: reasoning (kept out of the loss when the record says so), then the answer."""
-    trained = m.get("loss", True)
-    think, body = think_text(m), answer_body(m) + suffix
-    if think and not m.get("reasoning_loss", True):  # data.reasoning: mask: its text is context, its tags trained
-        return [("<think>\n", trained), (m["reasoning"], False), ("\n</think>\n\n" + body, trained)]
-    return [(think + body, trained)]
-
-
-def _with_tools(text: str, tools) -> str:
-    return (text + "\n\n" if text else "") + tools_text(tools) if tools else text
-
-
-def _alpaca(messages: list[dict], system: str | None, tools=None) -> list[Segment]:
-    sys_msgs = [m["content"] for m in messages if m["role"] == "system"]
-    first_user = next((m for m in messages if m["role"] == "user"), {})
-    preamble = sys_msgs[0] if sys_msgs else system or (
-        ALPACA_PROMPT_INPUT if first_user.get("input") else ALPACA_PROMPT_NO_INPUT)
-    segs: list[Segment] = [(_with_tools(preamble, tools) + "\n\n", False)]
-    for m in messages:
-        if m["role"] == "user":
-            text = f"### Instruction:\n{m['content']}\n\n"
-            if m.get("input"):
-                text += f"### Input:\n{m['input']}\n\n"
-            segs.append((text + "### Response:\n", False))
-        elif m["role"] == "tool":
-            segs.append((f"### Observation:\n{m['content']}\n\n### Response:\n", False))
-        elif m["role"] == "assistant":
-            segs += _answer(m)
-            segs.append(("\n\n", False))
-    return segs
-
-
-def _chatml(messages: list[dict], system: str | None, tools=None) -> list[Segment]:
-    segs: list[Segment] = []
-    first_system = next((i for i, m in enumerate(messages) if m["role"] == "system"), None)
-    if (system or tools) and first_system is None:
-        segs.append((f"<|im_start|>system\n{_with_tools(system or '', tools)}<|im_end|>\n", False))
-    for i, m in enumerate(messages):
-        if m["role"] == "assistant":
-            segs.append(("<|im_start|>assistant\n", False))
-            segs += _answer(m, "<|im_end|>")
-            segs.append(("\n", False))
-        else:
-            text = _with_tools(m["content"], tools) if i == first_system else _user_text(m)
-            segs.append((f"<|im_start|>{m['role']}\n{text}<|im_end|>\n", False))
-    return segs
-
-
-def _plain(messages: list[dict], system: str | None, tools=None) -> list[Segment]:
-    sys_msgs = [m["content"] for m in messages if m["role"] == "system"]
-    segs: list[Segment] = []
-    head = _with_tools(sys_msgs[0] if sys_msgs else system or "", tools)
-    if head:
-        segs.append((head + "\n\n", False))
-    for m in messages:
-        if m["role"] == "assistant":
-            segs += _answer(m)
-            segs.append(("\n\n", False))
-        elif m["role"] != "system":
-            segs.append((_user_text(m) + "\n\n", False))
-    return segs
-
-
-TEMPLATES: dict[str, Template] = {t.name: t for t in [
-    Template("alpaca", _alpaca, ("\n\n### Instruction:",),
-             "Stanford Alpaca wording (with and without input); '### Response:' is followed by a newline"),
-    Template("chatml", _chatml, ("<|im_end|>",), "<|im_start|>role ... <|im_end|> turns",
-             markers=("<|im_start|>", "<|im_end|>")),
-    Template("plain", _plain, (), "instruction, blank line, input (T5-style source text)"),
-]}
 
 
 @dataclass
@@ -229,7 +107,7 @@ class JinjaTemplate:
             pos = end
         segs.append((prompt[pos:], False))
         if answer_idx < len(messages):
-            segs += _answer(messages[answer_idx])
+            segs += answer_segments(messages[answer_idx])
         return segs
 
 
@@ -254,6 +132,7 @@ class ChatTemplate:
     tools=...)`, exactly what a server sends."""
 
     name = "tokenizer"
+    builtin = False  # a built-in writes tools and calls in sft's tool format: nothing to check
     appends_eos = False  # the template writes its own end-of-turn (and EOS, if it wants one)
     whole_text = True  # tokenised as one text, as apply_chat_template(tokenize=True) tokenises it
 
@@ -368,7 +247,7 @@ class ChatTemplate:
                 turns, trained_flags, records = list(range(len(spans))), None, None
         else:
             full, spans = self._apply(messages, tools=tools), None
-        if tools and not self._renders_tools(tools):
+        if tools and not self.builtin and not self._renders_tools(tools):
             raise TemplateRejected("the chat template does not render tools", reason="it does not render tools",
                                    field="data.template", fix="use a tool-aware template")
         segs: list[Segment] = []
@@ -379,26 +258,41 @@ class ChatTemplate:
             else:
                 start = self._start(messages, i, full, tools)
                 end = self._end(messages, i, full, start, tools)
-            if start < pos or end <= start:
+            if start < pos or end < start or (end == start and spans is None):
                 raise _unlocatable()
             text = full[start:end]
             rec = records[i] if records else {}
-            if any(c["name"] not in text for c in rec.get("tool_calls") or ()):
+            if not self.builtin and any(c["name"] not in text for c in rec.get("tool_calls") or ()):
                 raise TemplateRejected("the chat template does not render tool calls",
                                        reason="it does not render tool calls", field="data.template",
                                        fix="use a tool-aware template")
             trained = True if trained_flags is None else trained_flags[i]
             segs.append((full[pos:start], False))
-            reasoning = (rec.get("reasoning") or "").strip()
-            k = text.find(reasoning) if reasoning and not rec.get("reasoning_loss", True) else -1
+            k, n = (self._reasoning_at(messages, i, full, start, end, rec["reasoning"], tools)
+                    if rec.get("reasoning") and not rec.get("reasoning_loss", True) else (-1, 0))
             if k >= 0:  # data.reasoning: mask: the reasoning is context, the rest of the turn is trained
-                segs += [(text[:k], trained), (text[k:k + len(reasoning)], False),
-                         (text[k + len(reasoning):], trained)]
+                segs += [(full[start:k], trained), (full[k:k + n], False), (full[k + n:end], trained)]
             else:
                 segs.append((text, trained))
             pos = end
         segs.append((full[pos:], False))
         return segs
+
+    def _reasoning_at(self, messages: list[dict], i: int, full: str, start: int, end: int, reasoning: str,
+                      tools) -> tuple[int, int]:
+        """Where turn i's reasoning is written inside [start, end): where two renderings with different placeholder
+        reasoning first differ (exact, whatever text surrounds it); for a template that reshapes it (strips it),
+        the first place its stripped text occurs. (-1, 0) when it is not written there."""
+        m, n = messages[i], len(reasoning)
+        keys = [k for k in ("reasoning", "reasoning_content", "thinking") if m.get(k)]
+        a, b = (self._apply(messages[:i] + [{**m, **{k: ch * n for k in keys}}] + messages[i + 1:], tools=tools)
+                for ch in ("\x01", "\x02"))
+        k = _common_prefix(a, b)
+        if start <= k and k + n <= end and full[k:k + n] == reasoning and a[k:k + n] == "\x01" * n:
+            return k, n
+        stripped = reasoning.strip()
+        k = full.find(stripped, start, end) if stripped else -1
+        return (k, len(stripped)) if k >= 0 else (-1, 0)
 
     def render(self, messages: list[dict], system: str | None, tools=None) -> list[Segment]:
         msgs = self._messages(messages, system)
@@ -413,6 +307,81 @@ class ChatTemplate:
         if msgs and msgs[-1]["role"] == "assistant":
             msgs = msgs[:-1]
         return self._apply(msgs, generation_prompt=True, tools=tools)
+
+
+_BUILTIN_DIR = os.path.join(os.path.dirname(__file__), "chat_templates")
+_GENERATION_TAG = re.compile(r"\{%-?\s*(?:end)?generation\s*-?%\}")
+
+
+def _builtin_file(name: str) -> str:
+    with open(os.path.join(_BUILTIN_DIR, name + ".jinja"), encoding="utf-8") as fh:
+        return fh.read()
+
+
+class BuiltinTemplate(ChatTemplate):
+    """A built-in template: a chat template (`chat_templates/NAME.jinja` after the shared `tools.jinja`) whose
+    `{% generation %}` blocks mark the trained text, rendered like any tokenizer's chat template and saved with the
+    model as it is (less the generation tags). It reads sft records (a user turn's `input` apart, as Alpaca writes
+    it) as well as Hub messages. Unlike a tokenizer's template its text is tokenised span by span and training
+    appends the tokenizer's EOS, as sft has always trained its built-ins (the recorded losses pin this)."""
+
+    whole_text = False
+    appends_eos = True
+    builtin = True
+
+    def __init__(self, name: str, body: str):
+        import json
+
+        self.tokenizer, self.name, self.string_arguments, self.generation = None, name, False, True
+        head = re.match(r"\{#-?\s*sft\s+(\{.*?\})\s*-?#\}", body)
+        meta = json.loads(head.group(1)) if head else {}
+        self.doc, self.stop = meta.get("doc", ""), tuple(meta.get("stop", ()))
+        self.source = _builtin_file("tools") + body
+        self.end_of_turn = ""
+        # <|name|> control markers it writes (ChatML's): kept whole by a tokenizer built for it
+        self.markers = tuple(dict.fromkeys(re.findall(r"<\|[A-Za-z0-9_]+\|>", body)))
+
+    def _apply(self, messages: list[dict], generation_prompt: bool = False, tools=None, spans: bool = False):
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        rendered, found = render_jinja_template([messages], tools=tools or None, chat_template=self.source,
+                                                return_assistant_tokens_mask=spans,
+                                                add_generation_prompt=generation_prompt, eos_token="")
+        return (rendered[0], [tuple(x) for x in found[0]]) if spans else rendered[0]
+
+    @staticmethod
+    def _messages(messages: list[dict], system: str | None) -> list[dict]:
+        out = list(messages)
+        if system and not any(m["role"] == "system" for m in out):  # as SYSTEM renders it (the saved template)
+            out.insert(0, {"role": "system", "content": system})
+        return out
+
+    def chat_template(self, system: str | None) -> str:
+        """The template saved with a model trained with it: the recipe's system prompt set, no generation tags."""
+        return "{%- set SYSTEM = " + _jinja_str(system or "") + " -%}" + _GENERATION_TAG.sub("", self.source)
+
+
+TEMPLATES: dict[str, BuiltinTemplate] = {
+    f[:-6]: BuiltinTemplate(f[:-6], _builtin_file(f[:-6])) for f in sorted(os.listdir(_BUILTIN_DIR))
+    if f.endswith(".jinja") and f != "tools.jinja"}
+# an assistant turn alone, as every built-in writes it: the answer after a user Jinja template's prompt, the
+# references the metrics score, and structured calls appended to a scored prediction
+_ANSWER = BuiltinTemplate("answer", "{%- for m in messages -%}{%- generation -%}{{- answer(m) -}}"
+                                    "{%- endgeneration -%}{%- endfor -%}")
+
+
+def answer_segments(m: dict) -> list[Segment]:
+    """An assistant turn's segments in the built-in format (its reasoning kept out of the loss when the record
+    says so)."""
+    return [seg for seg in _ANSWER.render([{**m, "role": "assistant"}], None) if seg[0] or seg[1]]
+
+
+def answer_text(m: dict, reasoning: bool = True) -> str:
+    """An assistant turn's text in the built-in format: reasoning (unless left out), text, tool calls."""
+    msg = {"role": "assistant", "content": m.get("content") or "", "tool_calls": m.get("tool_calls") or []}
+    if reasoning and m.get("reasoning"):
+        msg["reasoning"] = m["reasoning"]
+    return _ANSWER._apply([msg])
 
 
 def _unlocatable() -> "TemplateRejected":
@@ -516,58 +485,6 @@ def _render_bounded(tpl, name: str, variables: dict) -> str:
             signal.signal(signal.SIGALRM, old)
 
 
-# Built-in templates as tokenizer chat templates (saved with every model), rendering exactly the prompts sft
-# feeds the model: `apply_chat_template(messages, add_generation_prompt=True)` on the saved tokenizer equals
-# sft's prompt for the same messages. {SYSTEM} is the recipe's data.system_prompt (or none).
-_SYSTEMS = ("{%- set systems = messages | selectattr('role', 'equalto', 'system') | map(attribute='content') | list -%}"
-            "{%- set users = messages | selectattr('role', 'equalto', 'user') | list -%}")
-_INPUT = "{%- set inp = m['input'] if m['input'] is defined and m['input'] else '' -%}"  # sft records' input field
-_TOOLS = (  # TOOLS_HEAD, the tools as JSON, TOOLS_TAIL (tools_text); answer(m): answer_body with think_text
-    "{%- set ns_t = namespace(text='') -%}{%- if tools -%}{%- set ns_t.text = TOOLS_HEAD -%}"
-    "{%- for t in tools -%}{%- set ns_t.text = ns_t.text + '\n' + (t | tojson) -%}{%- endfor -%}"
-    "{%- set ns_t.text = ns_t.text + TOOLS_TAIL -%}{%- endif -%}{%- set TOOLS_TEXT = ns_t.text -%}"
-    "{%- macro with_tools(text) -%}{{- (text + '\n\n' if text else '') + TOOLS_TEXT if TOOLS_TEXT else text -}}"
-    "{%- endmacro -%}"
-    "{%- macro answer(m) -%}{%- set ns_a = namespace(b=(m['content'] or '')) -%}"
-    "{%- if m['tool_calls'] is defined and m['tool_calls'] -%}{%- for c in m['tool_calls'] -%}"
-    "{%- set f = c['function'] if c['function'] is defined else c -%}"
-    "{%- set args = f['arguments'] if f['arguments'] is string else (f['arguments'] | tojson) -%}"
-    "{%- set ns_a.b = ns_a.b + ('\n' if ns_a.b else '') + '<tool_call>\n{\"name\": ' + (f['name'] | tojson) + "
-    "', \"arguments\": ' + args + '}\n</tool_call>' -%}{%- endfor -%}{%- endif -%}"
-    "{%- set r = m['reasoning_content'] if m['reasoning_content'] is defined and m['reasoning_content'] else '' -%}"
-    "{{- ('<think>\n' + r + '\n</think>\n\n' if r else '') + ns_a.b -}}{%- endmacro -%}")
-BUILTIN_CHAT_TEMPLATES = {
-    "alpaca": _SYSTEMS + _TOOLS + (
-        "{%- if systems -%}{%- set pre = systems[0] -%}{%- elif SYSTEM -%}{%- set pre = SYSTEM -%}"
-        "{%- elif users and users[0]['input'] is defined and users[0]['input'] -%}{%- set pre = WITH_INPUT -%}"
-        "{%- else -%}{%- set pre = NO_INPUT -%}{%- endif -%}{{- with_tools(pre) + '\n\n' -}}"
-        "{%- for m in messages -%}" + _INPUT +
-        "{%- if m['role'] == 'user' -%}{{- '### Instruction:\n' + m['content'] + '\n\n' -}}"
-        "{%- if inp -%}{{- '### Input:\n' + inp + '\n\n' -}}{%- endif -%}{{- '### Response:\n' -}}"
-        "{%- elif m['role'] == 'tool' -%}{{- '### Observation:\n' + m['content'] + '\n\n### Response:\n' -}}"
-        "{%- elif m['role'] == 'assistant' -%}{{- answer(m) + (eos_token if loop.last else '\n\n') -}}"
-        "{%- endif -%}{%- endfor -%}"),
-    "chatml": _SYSTEMS + _TOOLS + (
-        "{%- if (SYSTEM or TOOLS_TEXT) and not systems -%}"
-        "{{- '<|im_start|>system\n' + with_tools(SYSTEM) + '<|im_end|>\n' -}}{%- endif -%}"
-        "{%- set ns_s = namespace(first=true) -%}"
-        "{%- for m in messages -%}" + _INPUT +
-        "{%- if m['role'] == 'assistant' -%}{{- '<|im_start|>assistant\n' + answer(m) + '<|im_end|>\n' -}}"
-        "{%- elif m['role'] == 'system' and ns_s.first -%}{%- set ns_s.first = false -%}"
-        "{{- '<|im_start|>system\n' + with_tools(m['content']) + '<|im_end|>\n' -}}"
-        "{%- else -%}{{- '<|im_start|>' + m['role'] + '\n' + m['content'] + ('\n\n' + inp if inp else '') + "
-        "'<|im_end|>\n' -}}{%- endif -%}{%- endfor -%}"
-        "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}"),
-    "plain": _SYSTEMS + _TOOLS + (
-        "{%- set head = with_tools(systems[0] if systems else SYSTEM) -%}{%- if head -%}{{- head + '\n\n' -}}"
-        "{%- endif -%}"
-        "{%- for m in messages -%}" + _INPUT + "{%- if m['role'] == 'assistant' -%}"
-        "{{- answer(m) + (eos_token if loop.last else '\n\n') -}}"
-        "{%- elif m['role'] != 'system' -%}{{- m['content'] + ('\n\n' + inp if inp else '') + '\n\n' -}}"
-        "{%- endif -%}{%- endfor -%}"),
-}
-
-
 def _as_transformers_jinja(source: str) -> str:
     """The same output under transformers' chat-template environment (trim_blocks, lstrip_blocks, no trailing
     newline kept) as under sft's: `{%+ ... +%}` turns both off per tag, and a final no-op keeps the newline."""
@@ -591,18 +508,13 @@ def chat_template_for(spec: str, system: str | None) -> str | None:
     """The chat template to save with a model trained with template `spec` (None: keep the tokenizer's)."""
     if spec == "tokenizer":
         return None
-    if spec not in BUILTIN_CHAT_TEMPLATES:
-        tpl = get_template(spec)
-        if not isinstance(tpl, JinjaTemplate):
-            return None
-        return "{%- set SYSTEM = " + _jinja_str(system or "") + " -%}" + _JINJA_WRAPPER + _as_transformers_jinja(
-            tpl.source)
-    head = "{%- set SYSTEM = " + _jinja_str(system or "") + " -%}{%- set TOOLS_HEAD = " + _jinja_str(TOOLS_HEAD) + \
-        " -%}{%- set TOOLS_TAIL = " + _jinja_str(TOOLS_TAIL) + " -%}"
-    if spec == "alpaca":
-        head += ("{%- set NO_INPUT = " + _jinja_str(ALPACA_PROMPT_NO_INPUT) + " -%}{%- set WITH_INPUT = " +
-                 _jinja_str(ALPACA_PROMPT_INPUT) + " -%}")
-    return head + BUILTIN_CHAT_TEMPLATES[spec]
+    if spec in TEMPLATES:
+        return TEMPLATES[spec].chat_template(system)
+    tpl = get_template(spec)
+    if not isinstance(tpl, JinjaTemplate):
+        return None
+    return "{%- set SYSTEM = " + _jinja_str(system or "") + " -%}" + _JINJA_WRAPPER + _as_transformers_jinja(
+        tpl.source)
 
 
 def _jinja_str(text: str) -> str:
@@ -614,7 +526,7 @@ def _jinja_str(text: str) -> str:
 _CHAT: dict = {}
 
 
-def get_template(spec: str, tokenizer=None) -> Template | JinjaTemplate | ChatTemplate:
+def get_template(spec: str, tokenizer=None) -> JinjaTemplate | ChatTemplate:
     """A registry name, `tokenizer` (the tokenizer's chat template), an inline Jinja template (contains '{{'
     or '{%'), or a .jinja/.j2 file path."""
     if spec == "tokenizer":

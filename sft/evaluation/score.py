@@ -66,7 +66,7 @@ def _with_calls(text: str, calls, lineno: int, path: str) -> str:
     if not calls:
         return text
     from ..data.formats import BadRow, _calls
-    from ..data.templates import call_text
+    from ..data.templates import answer_text
     from ..toolcalls import parse
 
     try:
@@ -76,7 +76,7 @@ def _with_calls(text: str, calls, lineno: int, path: str) -> str:
                         fix='give tool_calls as [{"name": ..., "arguments": {...}}]') from None
     if parse(text).calls:
         return text
-    return "\n".join([text] * bool(text) + [call_text(c) for c in parsed])
+    return "\n".join([text] * bool(text) + [answer_text({"tool_calls": [c]}) for c in parsed])
 
 
 def database_path(spec: str | None, *, field: str = "eval.sql_database", file: str | None = None) -> str:
