@@ -37,9 +37,6 @@ class RunContext:
         arch = resolve_arch(recipe.model)
         cuda, _ = device_facts()
         on_gpu = cuda and not recipe.train.use_cpu
-        if path_of(arch).encoder_decoder and recipe.train.packing:
-            raise TrainError("packing is for causal models; seq2seq examples cannot be packed", file=recipe.path,
-                             field="train.packing", fix="set train.packing: false for T5-family models")
         check_passthrough(recipe, arch)  # against the installed trainer class of this path
         precision = for_recipe(recipe, config.model_type)
         check_switches(recipe, arch=arch, model_type=config.model_type, on_gpu=on_gpu, precision=precision)

@@ -12,6 +12,7 @@ import re
 
 from .errors import RecipeError
 from .families import PATHS
+from .switches import owned_arguments
 
 # TrainingArguments / SFTConfig fields that a recipe field decides.
 TRAINER_OWNED = {
@@ -24,15 +25,12 @@ TRAINER_OWNED = {
     "save_steps": "train.save_steps", "save_strategy": "train.save_steps", "save_total_limit": "train.save_total_limit",
     "seed": "train.seed", "data_seed": "train.seed", "full_determinism": "train.full_determinism",
     "report_to": "train.report_to", "use_cpu": "train.use_cpu", "bf16": "train.mixed_precision",
-    "fp16": "train.mixed_precision", "torch_compile": "train.torch_compile",
-    "use_liger_kernel": "train.use_liger_kernel", "ddp_timeout": "train.ddp_timeout",
-    "gradient_checkpointing": "train.gradient_checkpointing", "activation_checkpointing": "train.gradient_checkpointing",
+    "fp16": "train.mixed_precision", "ddp_timeout": "train.ddp_timeout",
     "eval_strategy": "train.eval_steps", "eval_steps": "train.eval_steps",
     "metric_for_best_model": "train.metric_for_best_model", "greater_is_better": "train.metric_for_best_model",
-    "load_best_model_at_end": "train.load_best_model_at_end", "fsdp": "train.fsdp", "fsdp_config": "train.fsdp",
-    "packing": "train.packing", "packing_strategy": "train.packing_strategy", "padding_free": "train.padding_free",
-    "max_length": "data.max_length", "per_device_eval_batch_size": "eval.batch_size",
-    "dataloader_drop_last": "train.torch_compile", "push_to_hub": "hub.push_to_hub", "hub_model_id": "hub.repo_id",
+    "load_best_model_at_end": "train.load_best_model_at_end", "max_length": "data.max_length",
+    "per_device_eval_batch_size": "eval.batch_size", "push_to_hub": "hub.push_to_hub", "hub_model_id": "hub.repo_id",
+    **owned_arguments(),  # the speed switches' own (switches.SWITCHES)
 }
 # Set by sft for its pipeline to work (pre-tokenised features, its own logger and evaluator).
 TRAINER_FIXED = {"remove_unused_columns", "logging_first_step", "logging_nan_inf_filter", "disable_tqdm",

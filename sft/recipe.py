@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import RecipeError
+from .switches import of_section
 
 
 def _f(default: Any = dataclasses.MISSING, *, help: str, factory: Any = None, **checks: Any) -> Any:
@@ -30,7 +31,19 @@ def _f(default: Any = dataclasses.MISSING, *, help: str, factory: Any = None, **
     return field(default=default, metadata=meta)
 
 
+def _with_switches(section: str):
+    """Add the section's speed switches (each declared once, in switches.SWITCHES, with its check and trainer
+    arguments) as fields of this dataclass."""
+    def add(cls: type) -> type:
+        for s in of_section(section):
+            cls.__annotations__[s.name] = s.type
+            setattr(cls, s.name, _f(s.default, help=s.help, **s.limits))
+        return cls
+    return add
+
+
 @dataclass
+@_with_switches("model")
 class ModelConfig:
     name: str = _f("gpt2", help="Hub id or local directory of the base model (or of the architecture, with init: scratch).")
     arch: Literal["auto", "causal", "seq2seq"] = _f(
@@ -47,9 +60,6 @@ class ModelConfig:
     tokenizer_digits: int = _f(1, help="Digits per number token in a tokenizer built with tokenizer: bpe, grouped "
                                "from the right by place value: 1 splits every digit (as Llama and Qwen), 2 gives "
                                "12345 -> 1|23|45 (each number below 100 one token).", min=1, max=3)
-    attn_implementation: str | None = _f(
-        None, help="Attention kernel: sdpa, eager, flash_attention_2, flash_attention_3, flex_attention "
-        "(default: transformers' choice, sdpa where the model supports it). Checked against this machine.")
     trust_remote_code: bool = _f(False, help="Run model code from the Hub repo. Off unless you trust the repo.")
     allow_pickle: bool = _f(False, help="Allow loading pickle (.bin) checkpoints; safetensors only otherwise.")
     revision: str | None = _f(None, help="Hub revision (branch, tag or commit) of the base model.")
@@ -133,6 +143,7 @@ class DataConfig:
 
 
 @dataclass
+@_with_switches("train")
 class TrainConfig:
     output_dir: str = _f("outputs/run", help="Where the adapter/model, logs, checkpoints and metrics go.",
                          nonempty=True)
@@ -147,8 +158,6 @@ class TrainConfig:
     weight_decay: float = _f(0.0, help="AdamW weight decay.", min=0.0)
     max_grad_norm: float = _f(1.0, help="Gradient clipping norm.", min=0.0)
     optim: str = _f("adamw_torch", help="transformers optimiser name.")
-    packing: bool = _f(False, help="Pack several examples into each max_length sequence (causal models only).")
-    gradient_checkpointing: bool = _f(False, help="Trade compute for memory.")
     logging_steps: int = _f(10, help="Log loss every N steps.", min=1)
     save_steps: int = _f(500, help="Write a checkpoint every N steps.", min=1)
     save_total_limit: int = _f(2, help="Keep at most N checkpoints.", min=1)
@@ -170,17 +179,6 @@ class TrainConfig:
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = _f(
         "auto", help="The one precision switch: load dtype, autocast, loss scaler and 4-bit compute dtype follow it. "
         "auto: bf16 on GPUs that support it, else fp16 (not for T5), float32 on CPU. See README 'Precision'.")
-    packing_strategy: Literal["bfd", "bfd_split", "wrapped"] = _f(
-        "bfd", help="With packing: bfd (best-fit decreasing, whole examples, padding-free), bfd_split (splits "
-        "overlong ones) or wrapped (concatenate and cut; examples can attend across boundaries).")
-    padding_free: bool = _f(False, help="Per-example positions and no padding mask (causal models; always on with "
-                            "bfd packing): flash attention reads the batch flattened into one sequence; sdpa, eager "
-                            "and every CPU keep one row per packed sequence, masked block-diagonally.")
-    use_liger_kernel: bool = _f(False, help="Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear "
-                                "cross-entropy): needs a CUDA GPU, liger-kernel, and a model family Liger patches.")
-    torch_compile: bool = _f(False, help="torch.compile the model (first steps are slower while it compiles).")
-    fsdp: bool = _f(False, help="Shard parameters, gradients and optimizer state over the ranks with FSDP2 (torch's "
-                    "fully_shard), one unit per transformer block; launch with torchrun or accelerate launch.")
     ddp_timeout: int = _f(1800, help="Seconds a rank waits at a collective before failing (raise it for long data "
                           "preparation on many nodes).", min=60, max=7 * 24 * 3600)
     full_determinism: bool = _f(False, help="Deterministic kernels (slower); seeds are always set.")

@@ -121,6 +121,35 @@ def test_liger_refused_for_a_family_it_has_no_kernels_for(monkeypatch):
     switches.check(r, arch="causal", model_type="llama", on_gpu=True, precision=p)  # supported: no error
 
 
+def test_a_switch_is_one_declaration():
+    """Every switch in switches.SWITCHES is a recipe field (its default and help), a refusal in train.trainer_args
+    pointing at that field, and the trainer arguments it owns; the schema names no switch field of its own."""
+    import dataclasses
+
+    from sft import switches
+    from sft.passthrough import TRAINER_OWNED
+    from sft.recipe import ModelConfig, TrainConfig, describe_schema
+
+    sections = {"train": TrainConfig, "model": ModelConfig}
+    schema = "\n".join(describe_schema())
+    for s in switches.SWITCHES:
+        f = {f.name: f for f in dataclasses.fields(sections[s.section])}[s.name]
+        assert f.default == s.default and f.metadata["help"] == s.help and s.field in schema
+        for arg in s.owns:
+            assert TRAINER_OWNED[arg] == s.field
+            if arg in ("packing", "torch_compile", "fsdp"):
+                with pytest.raises(RecipeError, match=f"train.trainer_args.{arg}.*{s.field}"):
+                    _recipe(train={"trainer_args": {arg: True}})
+    on = _recipe(train={"torch_compile": True, "gradient_checkpointing": True})
+    from sft.precision import for_recipe
+
+    kw = switches.trainer_arguments(on, for_recipe(on, "gpt2"))
+    assert kw["torch_compile"] and kw["dataloader_drop_last"] and kw.get(
+        "activation_checkpointing", kw.get("gradient_checkpointing"))
+    source = open(switches.__file__.replace("switches.py", "recipe.py")).read()
+    assert not any(f"    {s.name}:" in source for s in switches.SWITCHES)  # declared in switches.py only
+
+
 def test_switches_reach_the_trainer_arguments():
     from sft.precision import for_recipe
     from sft.train.run import training_arguments

@@ -167,21 +167,10 @@ def training_arguments(recipe: Recipe, *, on_gpu: bool, eval_steps: int = 0, pre
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
         seed=t.seed, data_seed=t.seed, full_determinism=t.full_determinism, report_to=report_to,
         use_cpu=t.use_cpu or not on_gpu, **trainer_arguments(recipe, precision),
-        **_checkpointing_arg(t.gradient_checkpointing),
         remove_unused_columns=True, disable_tqdm=False,
         ddp_find_unused_parameters=False if world_size() > 1 else None,
         dataloader_num_workers=0, include_num_input_tokens_seen="non_padding",
     ) | _eval_arguments(recipe, eval_steps) | dict(t.trainer_args)
-
-
-def _checkpointing_arg(on: bool) -> dict:
-    """transformers 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns)."""
-    import dataclasses
-
-    from transformers import TrainingArguments
-
-    names = {f.name for f in dataclasses.fields(TrainingArguments)}
-    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": on}
 
 
 def training_outcome(recipe: Recipe, trainer, stopper, eval_steps: int) -> dict:
@@ -321,7 +310,7 @@ def _train(recipe: Recipe, run, resume_from: str | None, overwrite: bool, out: s
     import importlib
 
     from ..families import path_of
-    from ..switches import fsdp_arguments
+    from ..switches import model_arguments
 
     builder = importlib.import_module(f".{path_of(arch).trainer}", __package__)
     resume_step = _step(resume_from) if resume_from else None
@@ -342,7 +331,7 @@ def _train(recipe: Recipe, run, resume_from: str | None, overwrite: bool, out: s
                                                                    final_only=True).features
     trainer = builder.build_trainer(recipe, model, tokenizer, enc.dataset,
                                     training_arguments(recipe, on_gpu=on_gpu, eval_steps=eval_steps,
-                                                       precision=precision) | fsdp_arguments(recipe, model),
+                                                       precision=precision) | model_arguments(recipe, model),
                                     callbacks,
                                     eval_features=eval_features)
     if eval_steps:
