@@ -28,19 +28,25 @@ class RunContext:
     context_length: int | None
 
     @classmethod
-    def build(cls, recipe) -> "RunContext":
-        from .modeling import context_length, load_config, resolve_arch
+    def build(cls, recipe, *, config=None, check: bool = True) -> "RunContext":
+        """Decide once, for a recipe: its model config (loaded here, or the given one: a trained model's), the
+        training path, the device and the precision. `check`: also refuse switches and pass-through arguments
+        this machine or trainer cannot honour (training; evaluation and inference only read the decisions)."""
+        from .families import PATHS, trainer_path
+        from .modeling import context_length, load_config
         from .passthrough import check as check_passthrough
         from .switches import check as check_switches
 
-        config = load_config(recipe.model)
-        arch = resolve_arch(recipe.model)
+        config = config if config is not None else load_config(recipe.model)
+        arch = recipe.model.arch if recipe.model.arch in PATHS else trainer_path(config)
         cuda, _ = device_facts()
         on_gpu = cuda and not recipe.train.use_cpu
-        check_passthrough(recipe, arch)  # against the installed trainer class of this path
-        precision = for_recipe(recipe, config.model_type)
-        check_switches(recipe, arch=arch, model_type=config.model_type, on_gpu=on_gpu, precision=precision)
-        return cls(recipe=recipe, config=config, arch=arch, family=family_of(config.model_type), on_gpu=on_gpu,
+        model_type = getattr(config, "model_type", None)
+        precision = for_recipe(recipe, model_type)
+        if check:
+            check_passthrough(recipe, arch)  # against the installed trainer class of this path
+            check_switches(recipe, arch=arch, model_type=model_type, on_gpu=on_gpu, precision=precision)
+        return cls(recipe=recipe, config=config, arch=arch, family=family_of(model_type), on_gpu=on_gpu,
                    precision=precision, rank=env_rank(), world_size=env_world_size(),
                    context_length=context_length(config))
 
@@ -93,41 +99,10 @@ class RunContext:
         except Exception:  # an exotic class: loading the model reports it
             return None
 
-    def prompt_format(self, tokenizer) -> "PromptFormat":
+    def prompt_format(self, tokenizer):
+        from .data.encode import PromptFormat
+
         return PromptFormat(self.recipe, tokenizer, self.arch)
-
-
-class PromptFormat:
-    """Training examples, inference prompts and stop tokens of one run, from one template object."""
-
-    def __init__(self, recipe, tokenizer, arch: str):
-        from .data.templates import get_template
-
-        self.recipe, self.tokenizer, self.arch = recipe, tokenizer, arch
-        self.template = get_template(recipe.data.template, tokenizer)
-
-    def encode_train(self, records: list[dict], **kw):
-        from .data.encode import encode
-
-        d = self.recipe.data
-        return encode(records, self.tokenizer, d.template, arch=self.arch, max_length=kw.pop("max_length", d.max_length),
-                      system=d.system_prompt, text_stride=d.text_stride, seed=d.seed, **kw)
-
-    def encode_prompt(self, records: list[dict]) -> list[list[int]]:
-        from .data.encode import encode_prompts
-
-        return encode_prompts(records, self.tokenizer, self.recipe.data.template, arch=self.arch,
-                              system=self.recipe.data.system_prompt)
-
-    @property
-    def stops(self) -> tuple[str, ...]:
-        return tuple(self.template.stop)
-
-    @property
-    def stop_ids(self) -> list[int]:
-        from .data.templates import stop_token_ids
-
-        return stop_token_ids(self.tokenizer, self.stops)
 
 
 def check_hub(recipe) -> None:

@@ -12,8 +12,7 @@ import sys
 
 from .data import formats
 from .data.clean import normalise_text
-from .data.encode import encode_prompts
-from .data.templates import get_template
+from .data.encode import PromptFormat
 from .errors import DataError, ModelError, RecipeError
 from .families import path_of
 from .io import parse_jsonl
@@ -51,15 +50,19 @@ class Use:
     raw: bool = False
 
     @property
+    def format(self) -> PromptFormat:
+        """How this model is prompted and where its answers stop (the run's PromptFormat)."""
+        if getattr(self, "_format", None) is None:
+            self._format = PromptFormat(self.recipe, self.tokenizer, self.arch, raw=self.raw)
+        return self._format
+
+    @property
     def stops(self) -> tuple[str, ...]:
         """Text markers that end an answer (none for a raw continuation, which ends at EOS)."""
-        return () if self.raw else tuple(get_template(self.recipe.data.template, self.tokenizer).stop)
+        return self.format.stops
 
     def encode(self, records: list[dict]) -> list[list[int]]:
-        if self.raw:
-            return [self.tokenizer(r["text"])["input_ids"] for r in records]
-        return encode_prompts(records, self.tokenizer, self.recipe.data.template, arch=self.arch,
-                              system=self.recipe.data.system_prompt)
+        return self.format.encode_prompt(records)
 
 
 def load_use(spec: str, *, raw: bool = False, device: str | None = None) -> Use:

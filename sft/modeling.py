@@ -223,13 +223,12 @@ def load_model(recipe: Recipe, tokenizer, arch: str, *, base_save_dir: str | Non
     return model
 
 
-def generation_eos(recipe: Recipe, tokenizer):
+def generation_eos(recipe: Recipe, tokenizer, arch: str = "causal"):
     """EOS plus the template's end-of-turn token where that is one token (ChatML's <|im_end|>, a chat template's
     <|eot_id|>): what generation_config.json tells servers (transformers serve, vLLM) to stop at."""
-    from .data.templates import get_template, stop_token_ids
+    from .data.encode import PromptFormat
 
-    ids = stop_token_ids(tokenizer, tuple(get_template(recipe.data.template, tokenizer).stop))
-    return ids if len(ids) > 1 else (ids[0] if ids else None)
+    return PromptFormat(recipe, tokenizer, arch).generation_eos
 
 
 def _attention_checked(build):

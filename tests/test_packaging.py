@@ -128,8 +128,9 @@ LAYERS = [
     {"data"},
     {"rundir"},
     {"tokenizer", "modeling", "prepare"},
+    {"context"},
     {"evaluation"},
-    {"context", "train", "publish", "inference", "export", "serve", "bench", "construct"},
+    {"train", "publish", "inference", "export", "serve", "bench", "construct"},
     {"commands", "cli", "__main__"},
 ]
 

@@ -218,6 +218,45 @@ def encode_prompts(records: list[dict], tokenizer, template_spec: str, *, arch: 
     return out
 
 
+class PromptFormat:
+    """Training examples, inference prompts and stop tokens of one run (its recipe, tokenizer and training path),
+    from one template object: training, evaluation, generate, chat and the saved generation config all read their
+    stops here. `raw`: plain-text continuation (no template; ends at EOS)."""
+
+    def __init__(self, recipe, tokenizer, arch: str, raw: bool = False):
+        self.recipe, self.tokenizer, self.arch, self.raw = recipe, tokenizer, arch, raw
+        self.template = None if raw else get_template(recipe.data.template, tokenizer)
+
+    def encode_train(self, records: list[dict], **kw):
+        d = self.recipe.data
+        return encode(records, self.tokenizer, d.template, arch=self.arch, max_length=kw.pop("max_length", d.max_length),
+                      system=d.system_prompt, text_stride=d.text_stride, seed=d.seed, **kw)
+
+    def encode_prompt(self, records: list[dict]) -> list[list[int]]:
+        if self.raw:
+            return [self.tokenizer(r["text"])["input_ids"] for r in records]
+        return encode_prompts(records, self.tokenizer, self.recipe.data.template, arch=self.arch,
+                              system=self.recipe.data.system_prompt)
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        """Text markers that end an answer besides EOS (none for a raw continuation)."""
+        return () if self.template is None else tuple(self.template.stop)
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """EOS plus every stop marker that is one token."""
+        from .templates import stop_token_ids
+
+        return stop_token_ids(self.tokenizer, self.stops)
+
+    @property
+    def generation_eos(self):
+        """What generation_config.json tells servers (transformers serve, vLLM) to stop at: one id or a list."""
+        ids = self.stop_ids
+        return ids if len(ids) > 1 else (ids[0] if ids else None)
+
+
 def final_answer(record: dict) -> str:
     """The reference an evaluation scores: the final answer's text, and its tool calls in the built-in tool
     format (`<tool_call>` JSON, which the tool-call metrics parse); its reasoning is not part of it."""

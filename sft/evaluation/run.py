@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 
 from .. import rundir
 from ..data import fingerprint
-from ..data.encode import encode, encode_prompts, final_answer, prompt_text
+from ..data.encode import PromptFormat, encode, encode_prompts, final_answer, prompt_text
 from ..data.pipeline import split_corpus
 from ..data.split import record_id
-from ..data.templates import get_template
 from ..distributed import gather, rank_world, shard
 from ..errors import EvalError
 from ..families import path_of
@@ -168,9 +167,10 @@ def sharded_generate(model, tokenizer, es: EvalSet, *, arch: str, gen, batch_siz
 
 
 def evaluate_model(model, tokenizer, arch: str, records: list[dict], recipe: Recipe, *, label: str = "",
-                   progress: bool = True) -> dict:
+                   progress: bool = True, precision=None) -> dict:
     """Score `records` with the recipe's metrics. Every rank of a distributed run must call it (each scores a
-    shard); every rank gets the result. Returns {"metrics": {...}, "predictions": [...]}."""
+    shard); every rank gets the result. `precision`: the run's decision (RunContext.precision), which a GPU
+    evaluation computes in; None computes in the weights' dtype. Returns {"metrics": {...}, "predictions": [...]}."""
     if not records:
         raise EvalError("the eval split is empty", field="data.eval_ratio",
                         fix="set data.eval_ratio > 0 or add data.eval_sources")
@@ -183,7 +183,7 @@ def evaluate_model(model, tokenizer, arch: str, records: list[dict], recipe: Rec
     items = es.items
     rows = [{"task": it["task"], "prompt": it["prompt"], "messages": _prompt_messages(it["records"][0]),
              "references": it["references"]} for it in items]
-    with _autocast(model, recipe):
+    with _autocast(model, precision):
         return _evaluate(model, tokenizer, arch, recipe, es, rows, metrics_wanted, was_training, label, progress)
 
 
@@ -193,7 +193,7 @@ def note_lines(metrics: dict) -> list[str]:
             for reason, n in {**metrics.get("not_scored", {}), **metrics.get("truncated", {})}.items()]
 
 
-def _autocast(model, recipe: Recipe):
+def _autocast(model, p):
     """On a GPU, evaluation computes in the run's mixed precision (sft/precision.py), as training did, instead
     of in the fp32 master weights; on CPU (and with precision no) nothing changes."""
     import contextlib
@@ -201,18 +201,15 @@ def _autocast(model, recipe: Recipe):
     import torch
 
     device = next(model.parameters()).device
-    if device.type != "cuda":
+    if device.type != "cuda" or p is None:
         return contextlib.nullcontext()
-    from ..precision import for_recipe
-
-    p = for_recipe(recipe, getattr(model.config, "model_type", None))
     if p.mode == "no":
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=p.compute_dtype)
 
 
 def _evaluate(model, tokenizer, arch, recipe, es, rows, metrics_wanted, was_training, label, progress) -> dict:
-    e, d = recipe.eval, recipe.data
+    e = recipe.eval
     items = es.items
     overall: dict = {}
     if "perplexity" in metrics_wanted:
@@ -227,7 +224,7 @@ def _evaluate(model, tokenizer, arch, recipe, es, rows, metrics_wanted, was_trai
     text_metrics = [m for m in metrics_wanted if m.startswith("evaluate:") or METRICS[m].kind == "text"]
     if text_metrics:
         generated = sharded_generate(model, tokenizer, es, arch=arch, gen=e.generation, batch_size=e.batch_size,
-                                     stops=tuple(get_template(d.template, tokenizer).stop), progress=progress,
+                                     stops=PromptFormat(recipe, tokenizer, arch).stops, progress=progress,
                                      keep_raw=True)
         structured = [structure_answer(t) for t in generated]  # reasoning is not scored: the answer after it is
         preds = [s["prediction"] for s in structured]
@@ -334,7 +331,8 @@ def evaluate_target(target: str, overrides: list[str], *, split: str = "eval", m
                  harness_limit: int | None = None) -> tuple[str, dict]:
     """Score a recipe's base model (target = recipe file) or a training output directory; with `harness`, also
     run those lm-evaluation-harness tasks on the same model and merge them into metrics.json."""
-    from ..modeling import load_for_inference, load_model, resolve_arch
+    from ..context import RunContext
+    from ..modeling import load_for_inference, load_model
     from ..tokenizer import builds_tokenizer, get_tokenizer
 
     if max_samples is not None and max_samples < 1:
@@ -351,15 +349,17 @@ def evaluate_target(target: str, overrides: list[str], *, split: str = "eval", m
         recipe = load_recipe(recipe_path, overrides)
         records = saved_split(target, recipe, split)
         model, tokenizer, arch = load_for_inference(target)
+        run = RunContext.build(recipe, config=model.config, check=False)
         out = out or target
         model_path = target
     else:
         recipe = load_recipe(target, overrides)
         splits = recipe_splits(recipe, split, with_train=split == "train" or builds_tokenizer(recipe))
         records = splits.split(split)
-        arch = resolve_arch(recipe.model)
+        run = RunContext.build(recipe, check=False)
+        arch = run.arch
         tokenizer = get_tokenizer(recipe, splits.train, arch)
-        model = load_model(recipe, tokenizer, arch)
+        model = load_model(recipe, tokenizer, arch, precision=run.precision)
         out = out or os.path.join(recipe.train.output_dir, "eval-base")
         model_path = recipe.model.name
     if max_samples is not None:
@@ -373,7 +373,7 @@ def evaluate_target(target: str, overrides: list[str], *, split: str = "eval", m
         from .harness import plan
 
         planned = plan(harness)
-    result = evaluate_model(model, tokenizer, arch, records, recipe, label=split)
+    result = evaluate_model(model, tokenizer, arch, records, recipe, label=split, precision=run.precision)
     if planned:
         from .harness import run_harness
 

@@ -116,7 +116,7 @@ class TrainingEvaluator:
     def __call__(self, model) -> dict:
         from ..metrics import score_texts
         from ..evaluation.run import build_eval_set, sharded_generate, sharded_nll
-        from ..data.templates import get_template
+        from ..data.encode import PromptFormat
 
         r, e = self.recipe, self.recipe.eval
         if self.loss_set is None:
@@ -138,7 +138,7 @@ class TrainingEvaluator:
 
             generated = sharded_generate(model, self.tokenizer, self.gen_set, arch=self.arch, gen=e.generation,
                                          batch_size=e.batch_size, keep_raw=True,
-                                         stops=tuple(get_template(r.data.template, self.tokenizer).stop))
+                                         stops=PromptFormat(r, self.tokenizer, self.arch).stops)
             preds = [structure_answer(g)["prediction"] for g in generated]  # scored as sft eval scores them
             scores, _ = score_texts(preds, [it["references"] for it in self.gen_set.items], wanted, e.tokenize,
                                     self.options)

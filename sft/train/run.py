@@ -293,7 +293,7 @@ def _train(recipe: Recipe, run, resume_from: str | None, overwrite: bool, out: s
             # bitsandbytes repacks 4-bit CPU weights for inference the first time they run in eval mode,
             # after which they cannot train: score the base on a separate (identical) copy.
             eval_model = load_model(recipe, tokenizer, arch, precision=precision)
-        before = evaluate_model(eval_model, tokenizer, arch, splits.eval, recipe, label="before")
+        before = evaluate_model(eval_model, tokenizer, arch, splits.eval, recipe, label="before", precision=precision)
         for line in note_lines(before["metrics"]):
             say(line)
         del eval_model
@@ -376,7 +376,7 @@ def _train(recipe: Recipe, run, resume_from: str | None, overwrite: bool, out: s
         model = model.module
     if recipe.eval.after and splits.eval:
         say("evaluating the trained model" + (f" (all {world_size()} ranks)" if world_size() > 1 else ""))
-        after = evaluate_model(model, tokenizer, arch, splits.eval, recipe, label="after")
+        after = evaluate_model(model, tokenizer, arch, splits.eval, recipe, label="after", precision=precision)
         if rank() == 0:
             summary["eval"] = write_eval_outputs(out, recipe, after, before=before, train_summary=summary)
             from ..evaluation.report import before_after_table
