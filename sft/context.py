@@ -99,10 +99,11 @@ class RunContext:
         except Exception:  # an exotic class: loading the model reports it
             return None
 
-    def prompt_format(self, tokenizer):
+    def prompt_format(self, tokenizer, raw: bool = False):
+        """Training examples, prompts and stop tokens for this run (`raw`: plain text, no template)."""
         from .data.encode import PromptFormat
 
-        return PromptFormat(self.recipe, tokenizer, self.arch)
+        return PromptFormat(self.recipe, tokenizer, self.arch, raw=raw)
 
 
 def check_hub(recipe) -> None:

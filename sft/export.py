@@ -22,7 +22,6 @@ def export(run_dir: str, out: str, *, dtype: str = "fp32", adapters_only: bool =
     import torch
 
     from .inference import load_use
-    from .modeling import generation_eos
     from .publish import is_adapter
 
     if dtype not in DTYPES:
@@ -40,7 +39,7 @@ def export(run_dir: str, out: str, *, dtype: str = "fp32", adapters_only: bool =
         model = model.merge_and_unload()
     model = model.to(getattr(torch, DTYPES[dtype]))
     gen = model.generation_config
-    gen.eos_token_id = generation_eos(use.recipe, use.tokenizer)  # EOS plus a one-token end of turn, as training saves
+    gen.eos_token_id = use.format.generation_eos  # EOS plus a one-token end of turn, as training saves
     gen.pad_token_id = use.tokenizer.pad_token_id
     model.config.dtype = getattr(torch, DTYPES[dtype])
     model.save_pretrained(out)  # safetensors

@@ -12,6 +12,7 @@ import sys
 
 from .data import formats
 from .data.clean import normalise_text
+from .context import RunContext
 from .data.encode import PromptFormat
 from .errors import DataError, ModelError, RecipeError
 from .families import path_of
@@ -40,21 +41,39 @@ def run_recipe(model_dir: str, tokenizer=None, raw: bool = False) -> Recipe:
 
 @dataclasses.dataclass
 class Use:
-    """A model loaded for generate, chat and serve: the folder its files are in, and how it is prompted."""
+    """A model loaded for generate, chat, serve and export: the folder its files are in, the run context decided
+    once for it (its recipe, training path, context length and precision) and its prompt format."""
 
     model: object
     tokenizer: object
-    arch: str
-    recipe: Recipe
+    run: RunContext
     folder: str
     raw: bool = False
+
+    @classmethod
+    def of(cls, folder: str, model, tokenizer, recipe: Recipe, raw: bool = False) -> "Use":
+        return cls(model, tokenizer, RunContext.build(recipe, config=model.config, check=False), folder, raw)
+
+    @property
+    def arch(self) -> str:
+        return self.run.arch
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.run.recipe
 
     @property
     def format(self) -> PromptFormat:
         """How this model is prompted and where its answers stop (the run's PromptFormat)."""
         if getattr(self, "_format", None) is None:
-            self._format = PromptFormat(self.recipe, self.tokenizer, self.arch, raw=self.raw)
+            self._format = self.run.prompt_format(self.tokenizer, raw=self.raw)
         return self._format
+
+    def autocast(self):
+        """On a GPU, generation computes in the run's mixed precision, as training and evaluation did."""
+        from .evaluation.run import autocast
+
+        return autocast(self.model, self.run.precision)
 
     @property
     def stops(self) -> tuple[str, ...]:
@@ -70,8 +89,8 @@ def load_use(spec: str, *, raw: bool = False, device: str | None = None) -> Use:
     from .modeling import load_for_inference, resolve_model_dir
 
     folder = resolve_model_dir(spec)
-    model, tokenizer, arch = load_for_inference(folder, device=device)
-    return Use(model, tokenizer, arch, run_recipe(folder, tokenizer, raw), folder, raw)
+    model, tokenizer, _ = load_for_inference(folder, device=device)
+    return Use.of(folder, model, tokenizer, run_recipe(folder, tokenizer, raw), raw)
 
 
 def generation_settings(recipe: Recipe, overrides: dict) -> GenerationConfig:
@@ -99,19 +118,18 @@ def generation_settings(recipe: Recipe, overrides: dict) -> GenerationConfig:
     return gen
 
 
-def _fit(ids: list[int], model, arch: str, gen: GenerationConfig, eos: int | None) -> tuple[list[int], bool]:
+def _fit(ids: list[int], use: "Use", gen: GenerationConfig) -> tuple[list[int], bool]:
     """Left-truncate a prompt so it and max_new_tokens fit the model's context (as evaluation does)."""
     from .evaluation.generate import fit_prompt
-    from .modeling import context_length
 
-    ctx = context_length(model.config)
+    ctx, arch = use.run.context_length, use.arch
     if ctx is None:
         return ids, False
     budget = path_of(arch).prompt_budget(ctx, gen.max_new_tokens)
     if budget < 1:
         raise RecipeError(f"max_new_tokens={gen.max_new_tokens} leaves no room for a prompt in the model's "
                           f"{ctx}-token context", field="--max-new-tokens", fix=f"use fewer than {ctx}")
-    out = fit_prompt(ids, budget, arch, eos)
+    out = fit_prompt(ids, budget, arch, use.tokenizer.eos_token_id)
     return out, len(out) < len(ids)
 
 
@@ -244,15 +262,16 @@ def generate_rows(model_dir: str, input_path: str, out_path: str, gen_overrides:
         records = [{"messages": row_to_messages(r, i + 1, input_path, use.recipe.data.clean.normalize), "task": "",
                     "source": "", **({"tools": t} if (t := row_tools(r, i + 1, input_path, tools)) else {})}
                    for i, r in enumerate(rows)]
-    fitted = [_fit(p, use.model, use.arch, gen, use.tokenizer.eos_token_id) for p in use.encode(records)]
+    fitted = [_fit(p, use, gen) for p in use.encode(records)]
     cut = sum(c for _, c in fitted)
     if seed is not None:
         from transformers import set_seed
 
         set_seed(seed)
-    preds = generate_batched(use.model, use.tokenizer, [p for p, _ in fitted], arch=use.arch, gen=gen,
-                             batch_size=batch_size or use.recipe.eval.batch_size, stops=use.stops,
-                             num_return_sequences=num_return_sequences, strip=not raw, keep_raw=not raw)
+    with use.autocast():
+        preds = generate_batched(use.model, use.tokenizer, [p for p, _ in fitted], arch=use.arch, gen=gen,
+                                 batch_size=batch_size or use.recipe.eval.batch_size, stops=use.stops,
+                                 num_return_sequences=num_return_sequences, strip=not raw, keep_raw=not raw)
     if raw:
         structured = [{"prediction": p} if num_return_sequences == 1 else {"prediction": p[0], "predictions": p}
                       for p in preds]
@@ -280,23 +299,22 @@ def answer(use: Use, messages: list[dict], gen, streamer=None, tools: list[dict]
     streamer that shows tokens as they come."""
     import torch
 
-    from .evaluation.generate import cut_at_stop, generation_kwargs, stop_token_ids
+    from .evaluation.generate import cut_at_stop, generation_kwargs
 
     stops = use.stops
     record = {"text": messages[-1]["content"]} if use.raw else {"messages": messages, "task": "", "source": "",
                                                                 **({"tools": tools} if tools else {})}
-    ids, cut = _fit(use.encode([record])[0], use.model, use.arch, gen, use.tokenizer.eos_token_id)
+    ids, cut = _fit(use.encode([record])[0], use, gen)
     device = next(use.model.parameters()).device
     inp = torch.tensor([ids], device=device)
-    with torch.no_grad():
+    with torch.no_grad(), use.autocast():
         out = use.model.generate(input_ids=inp, attention_mask=torch.ones_like(inp),
-                                 pad_token_id=use.tokenizer.pad_token_id,
-                                 eos_token_id=stop_token_ids(use.tokenizer, stops), streamer=streamer,
-                                 **generation_kwargs(gen))
+                                 pad_token_id=use.tokenizer.pad_token_id, eos_token_id=use.format.stop_ids,
+                                 streamer=streamer, **generation_kwargs(gen))
     new = path_of(use.arch).new_tokens(out[0], inp.shape[1])
     text = cut_at_stop(use.tokenizer.decode(new, skip_special_tokens=True), stops, strip=not use.raw)
     if keep_raw:  # (text, text with special tokens): tool calls and reasoning may be written in special tokens
         from .evaluation.generate import decode_raw
 
-        text = (text, decode_raw(use.tokenizer, new.tolist(), stop_token_ids(use.tokenizer, stops), stops))
+        text = (text, decode_raw(use.tokenizer, new.tolist(), use.format.stop_ids, stops))
     return text, bool(cut)

@@ -8,6 +8,7 @@ import warnings
 
 import torch
 
+from .data.encode import PromptFormat
 from .errors import ModelError
 from .recipe import ModelConfig, Recipe
 
@@ -219,16 +220,8 @@ def load_model(recipe: Recipe, tokenizer, arch: str, *, base_save_dir: str | Non
             model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = generation_eos(recipe, tokenizer)
+        model.generation_config.eos_token_id = PromptFormat(recipe, tokenizer, arch).generation_eos
     return model
-
-
-def generation_eos(recipe: Recipe, tokenizer, arch: str = "causal"):
-    """EOS plus the template's end-of-turn token where that is one token (ChatML's <|im_end|>, a chat template's
-    <|eot_id|>): what generation_config.json tells servers (transformers serve, vLLM) to stop at."""
-    from .data.encode import PromptFormat
-
-    return PromptFormat(recipe, tokenizer, arch).generation_eos
 
 
 def _attention_checked(build):
@@ -339,14 +332,24 @@ def resolve_model_dir(spec: str) -> str:
                              if offline else " and the network")) from e
 
 
+def folder_arch(folder: str, *, trust_remote_code: bool = False) -> str:
+    """The training path of a trained model folder, from its own files: an adapter's task type, else its config."""
+    import json
+
+    adapter_cfg = os.path.join(folder, rundir.ADAPTER_CONFIG)
+    if os.path.exists(adapter_cfg):
+        with open(adapter_cfg, encoding="utf-8") as fh:
+            return path_of_adapter(json.load(fh).get("task_type")).name
+    from transformers import AutoConfig
+
+    return trainer_path(AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code))
+
+
 def load_for_inference(output_dir: str, *, device: str | None = None, dtype: torch.dtype | None = None,
                        trust_remote_code: bool = False):
     """(model, tokenizer, arch) from a training output dir, a merged model, an adapter-only dir, any Hugging Face
     model folder, or a Hub id (see resolve_model_dir; a caller that needs the folder resolves it first)."""
-    import json
-
     from peft import PeftConfig, PeftModel
-    from transformers import AutoConfig
 
     from .tokenizer import load_tokenizer
 
@@ -372,14 +375,11 @@ def load_for_inference(output_dir: str, *, device: str | None = None, dtype: tor
                                                               os.path.basename(base_dir) == "base_model"):
                 raise ModelError(f"the adapter's base model {base_dir!r} is missing", file=adapter_cfg,
                                  fix="restore the base model folder, or retrain")
-            with open(adapter_cfg, encoding="utf-8") as fh:
-                task_type = json.load(fh).get("task_type")
-            arch = path_of_adapter(task_type).name
+            arch = folder_arch(output_dir)
             base = _auto_class(arch).from_pretrained(base_dir, dtype=dtype or torch.float32, trust_remote_code=trust)
             model = PeftModel.from_pretrained(base, output_dir)
         else:
-            config = AutoConfig.from_pretrained(output_dir, trust_remote_code=trust)
-            arch = trainer_path(config)
+            arch = folder_arch(output_dir, trust_remote_code=trust)
             model = _auto_class(arch).from_pretrained(output_dir, dtype=dtype or torch.float32,
                                                       trust_remote_code=trust)
     except ModelError:

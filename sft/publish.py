@@ -43,10 +43,10 @@ def model_card(output_dir: str, repo_id: str | None, license: str = "apache-2.0"
     metrics = read_json(metrics_path) if os.path.exists(metrics_path) else None
     adapter = is_adapter(output_dir)
     arch = (metrics or {}).get("model", {}).get("arch")
-    if arch is None:
-        from .modeling import resolve_arch
+    if arch is None:  # from the folder's own files (the base model's config may be on the Hub)
+        from .modeling import folder_arch
 
-        arch = resolve_arch(recipe.model)
+        arch = folder_arch(output_dir)
     from .families import path_of
 
     path = path_of(arch)

@@ -88,7 +88,7 @@ def _needed_stop_ids(folder: str) -> set[int]:
     """What training would save for the folder's prompt format (EOS alone for a model without a template)."""
     from .errors import ModelError
     from .inference import run_recipe
-    from .modeling import generation_eos
+    from .data.encode import PromptFormat
     from .tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(folder)
@@ -96,7 +96,7 @@ def _needed_stop_ids(folder: str) -> set[int]:
         recipe = run_recipe(folder, tokenizer)
     except ModelError:  # no chat template: a base model served for /v1/completions
         return _id_set(tokenizer.eos_token_id)
-    return _id_set(generation_eos(recipe, tokenizer))
+    return _id_set(PromptFormat(recipe, tokenizer, "causal").generation_eos)  # (stops do not depend on the path)
 
 
 def _why_export(folder: str) -> str:

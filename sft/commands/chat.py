@@ -100,7 +100,8 @@ def chat(model_dir: str, *, compare: str | None = None, gen: dict | None = None,
     if compare:  # an sft run by its own recipe; any other base (e.g. the run's base model) the run's way
         folder = resolve_model_dir(compare)
         own = os.path.exists(os.path.join(folder, rundir.RECIPE))
-        base = Use(*load_for_inference(folder), run_recipe(folder) if own else recipe, folder, raw)
+        model, tokenizer, _ = load_for_inference(folder)
+        base = Use.of(folder, model, tokenizer, run_recipe(folder) if own else recipe, raw)
     if seed is not None:
         from transformers import set_seed
 

@@ -183,7 +183,7 @@ def evaluate_model(model, tokenizer, arch: str, records: list[dict], recipe: Rec
     items = es.items
     rows = [{"task": it["task"], "prompt": it["prompt"], "messages": _prompt_messages(it["records"][0]),
              "references": it["references"]} for it in items]
-    with _autocast(model, precision):
+    with autocast(model, precision):
         return _evaluate(model, tokenizer, arch, recipe, es, rows, metrics_wanted, was_training, label, progress)
 
 
@@ -193,7 +193,7 @@ def note_lines(metrics: dict) -> list[str]:
             for reason, n in {**metrics.get("not_scored", {}), **metrics.get("truncated", {})}.items()]
 
 
-def _autocast(model, p):
+def autocast(model, p):
     """On a GPU, evaluation computes in the run's mixed precision (sft/precision.py), as training did, instead
     of in the fp32 master weights; on CPU (and with precision no) nothing changes."""
     import contextlib
