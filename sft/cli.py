@@ -12,16 +12,24 @@ from .errors import SftError
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[\w]+)+=")
 
 
-# The subcommands, in `sft --help` order: each module in sft/commands/ parses its arguments, calls the
-# library and prints. Adding a command is one module and one entry here.
-COMMANDS = ("recipe", "data", "train", "eval", "score", "generate", "chat", "serve", "export", "push", "merge", "bench",
-            "build-data")
-
-
 def _module(name: str):
     import importlib
 
     return importlib.import_module(f".commands.{name.replace('-', '_')}", __package__)
+
+
+def _commands() -> tuple[str, ...]:
+    """The subcommands: every module in sft/commands/ (it parses its arguments, calls the library and prints), in
+    the order each declares (ORDER). Adding a command is one module."""
+    import pkgutil
+
+    from . import commands
+
+    names = [m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_")]
+    return tuple(n.replace("_", "-") for n in sorted(names, key=lambda n: (_module(n).ORDER, n)))
+
+
+COMMANDS = _commands()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -163,10 +163,12 @@ def _auto_class(arch: str):
     return getattr(transformers, path_of(arch).auto_class)
 
 
-def load_model(recipe: Recipe, tokenizer, arch: str, *, base_save_dir: str | None = None, precision=None):
+def load_model(recipe: Recipe, tokenizer, arch: str, *, base_save_dir: str | None = None, precision=None,
+               config=None):
     """Base model per the recipe (scratch or pretrained), quantised if asked, embeddings fit to tokenizer.
 
-    Weights load in the dtype the run's precision decision gives (float32 master weights for full training).
+    Weights load in the dtype the run's precision decision gives (float32 master weights for full training);
+    `precision` and `config` are the run context's (decided and loaded once), else decided and loaded here.
     A scratch base is saved to `base_save_dir` (if given) so that an adapter trained on it can be reloaded.
     """
     m = recipe.model
@@ -179,7 +181,9 @@ def load_model(recipe: Recipe, tokenizer, arch: str, *, base_save_dir: str | Non
     attn = {"attn_implementation": m.attn_implementation} if m.attn_implementation else {}
     cls = _auto_class(arch)
     if m.init == "scratch":
-        config = load_config(m)
+        import copy
+
+        config = copy.deepcopy(config) if config is not None else load_config(m)  # (its sizes are set below)
         config.vocab_size = len(tokenizer)
         config.pad_token_id = tokenizer.pad_token_id
         config.eos_token_id = tokenizer.eos_token_id

@@ -107,9 +107,10 @@ PREPARATION_ONLY = ("num_proc", "cache", "cache_dir")
 @dataclass
 class DataConfig:
     sources: list[SourceConfig] = _f(help="One or more data sources, mixed by weight.", factory=list)
-    template: str = _f("alpaca", help="Prompt template: alpaca, chatml, plain, tokenizer (the tokenizer's own chat "
-                       "template, as servers apply it), or a Jinja template given inline "
-                       "(contains '{{') or as a file path ending in .jinja / .j2.")
+    template: str = _f("alpaca", help="Prompt template: a built-in (alpaca, chatml, plain: each a chat template in "
+                       "sft/data/chat_templates/), tokenizer (the tokenizer's own chat template, as servers apply "
+                       "it), or a Jinja template given inline (contains '{{') or as a file path ending in .jinja / "
+                       ".j2.")
     system_prompt: str | None = _f(None, help="System message added to examples that have none.")
     chat_template_path: str | None = _f(
         None, help="With template: tokenizer, a .jinja chat template to use (and save with the model) instead of "

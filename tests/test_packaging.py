@@ -187,3 +187,18 @@ def test_help_and_recipe_show_do_not_import_the_model_stack(args):
             "print('HEAVY', heavy)" % args)
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert "HEAVY []" in res.stdout, res.stdout[-1000:] + res.stderr[-1000:]
+
+
+def test_a_subcommand_is_one_module():
+    """Every module in sft/commands/ is a subcommand, in the order it declares; `sft --help` lists them all."""
+    import pkgutil
+
+    from sft import cli, commands
+
+    modules = sorted(m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_"))
+    assert sorted(n.replace("-", "_") for n in cli.COMMANDS) == modules
+    orders = [cli._module(n).ORDER for n in cli.COMMANDS]
+    assert orders == sorted(orders) and len(set(orders)) == len(orders)
+    assert cli.COMMANDS[:3] == ("recipe", "data", "train")
+    out = subprocess.run([sys.executable, "-m", "sft", "--help"], capture_output=True, text=True, cwd=ROOT).stdout
+    assert all(n in out for n in cli.COMMANDS)

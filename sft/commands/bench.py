@@ -5,6 +5,9 @@ from __future__ import annotations
 import sys
 
 
+ORDER = 12  # its place in `sft --help`
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="run a matrix of recipes and write tables and plots")
     p.add_argument("bench", help="bench YAML")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 
+ORDER = 13  # its place in `sft --help`
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("build-data", help="build an instruction dataset from a spec")
     p.add_argument("spec")

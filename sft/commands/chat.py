@@ -11,6 +11,9 @@ from .. import rundir
 from ._args import add_generation_args, generation_overrides
 
 
+ORDER = 7  # its place in `sft --help`
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("chat", help="interactive chat with a trained model")
     p.add_argument("model", help="an sft output directory, a Hugging Face model folder, or a Hub id")

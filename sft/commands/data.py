@@ -25,6 +25,9 @@ def segments(feature: dict, arch: str) -> list[tuple[str, list[int]]]:
     return runs
 
 
+ORDER = 2  # its place in `sft --help`
+
+
 def add_parser(sub) -> None:
     from ._args import add_recipe_args
 

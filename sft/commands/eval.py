@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 
+ORDER = 4  # its place in `sft --help`
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="score a base model, a fine-tune or an adapter")
     p.add_argument("target", help="recipe YAML file or a training output directory")

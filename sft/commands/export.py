@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 
+ORDER = 9  # its place in `sft --help`
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("export", help="write a run as one standalone model (merged weights, template, stop ids)")
     p.add_argument("output_dir", help="an sft output directory (full or LoRA) or a model folder")

@@ -8,6 +8,9 @@ import sys
 from ._args import add_generation_args, generation_overrides
 
 
+ORDER = 6  # its place in `sft --help`
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("generate", help="generate answers for instructions in a jsonl file")
     p.add_argument("model", help="an sft output directory, a Hugging Face model folder, or a Hub id")

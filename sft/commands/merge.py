@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 
+ORDER = 11  # its place in `sft --help`
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("merge", help="merge a LoRA adapter into its base and save a standalone model")
     p.add_argument("output_dir")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 
+ORDER = 10  # its place in `sft --help`
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("push", help="upload an output dir (adapter/model, card, metrics) to a model hub")
     p.add_argument("output_dir")

@@ -5,6 +5,9 @@ from __future__ import annotations
 from ._args import add_recipe_args
 
 
+ORDER = 1  # its place in `sft --help`
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("recipe", help="inspect recipes")
     rsub = p.add_subparsers(dest="recipe_command", required=True)

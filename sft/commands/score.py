@@ -6,6 +6,9 @@ from ..evaluation.report import metrics_table
 from ..evaluation.score import score_file, write_score_outputs
 
 
+ORDER = 5  # its place in `sft --help`
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("score", help="score a predictions jsonl (made by any system) with sft's metrics")
     p.add_argument("predictions", help="jsonl with a prediction field and references (or --references)")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import sys
 
 
+ORDER = 8  # its place in `sft --help`
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="serve a run or any model through an OpenAI-compatible server",
                        description="Serve an sft run, a Hugging Face model folder or a Hub id with an existing "

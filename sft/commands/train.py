@@ -5,6 +5,9 @@ from __future__ import annotations
 from ._args import add_recipe_args
 
 
+ORDER = 3  # its place in `sft --help`
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="fine-tune (evaluates before and after)")
     add_recipe_args(p)

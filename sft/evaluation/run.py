@@ -359,7 +359,7 @@ def evaluate_target(target: str, overrides: list[str], *, split: str = "eval", m
         run = RunContext.build(recipe, check=False)
         arch = run.arch
         tokenizer = get_tokenizer(recipe, splits.train, arch)
-        model = load_model(recipe, tokenizer, arch, precision=run.precision)
+        model = load_model(recipe, tokenizer, arch, precision=run.precision, config=run.config)
         out = out or os.path.join(recipe.train.output_dir, "eval-base")
         model_path = recipe.model.name
     if max_samples is not None:

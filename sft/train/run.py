@@ -278,7 +278,7 @@ def _train(recipe: Recipe, run, resume_from: str | None, overwrite: bool, out: s
             say(f"--overwrite: removed the previous run's {len(removed)} file(s) and folder(s)")
     scratch_lora = recipe.model.init == "scratch" and recipe.lora.enabled
     base_dir = os.path.join(out, "base_model") if scratch_lora and rank() == 0 else None
-    model = load_model(recipe, tokenizer, arch, base_save_dir=base_dir, precision=precision)
+    model = load_model(recipe, tokenizer, arch, base_save_dir=base_dir, precision=precision, config=run.config)
     if rank() == 0:  # committed only now: a start that failed on data or model never blocks the rerun
         write_text_atomic(os.path.join(out, rundir.RECIPE), recipe.to_yaml())
         write_json_atomic(os.path.join(out, rundir.FINGERPRINT), fingerprint)
@@ -292,7 +292,7 @@ def _train(recipe: Recipe, run, resume_from: str | None, overwrite: bool, out: s
         if recipe.quantization.enabled and not on_gpu:
             # bitsandbytes repacks 4-bit CPU weights for inference the first time they run in eval mode,
             # after which they cannot train: score the base on a separate (identical) copy.
-            eval_model = load_model(recipe, tokenizer, arch, precision=precision)
+            eval_model = load_model(recipe, tokenizer, arch, precision=precision, config=run.config)
         before = evaluate_model(eval_model, tokenizer, arch, splits.eval, recipe, label="before", precision=precision)
         for line in note_lines(before["metrics"]):
             say(line)
