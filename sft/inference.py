@@ -96,7 +96,7 @@ def load_use(spec: str, *, raw: bool = False, device: str | None = None) -> Use:
 def generation_settings(recipe: Recipe, overrides: dict) -> GenerationConfig:
     """The run's decoding settings with command-line overrides, range-checked like the recipe. As in the OpenAI API,
     `--temperature 0` alone means greedy, and a temperature, top-k or top-p given without --do-sample samples."""
-    from .recipe import _check_range
+    from .schema import check_value
 
     overrides = dict(overrides)
     if "do_sample" not in overrides:
@@ -105,13 +105,8 @@ def generation_settings(recipe: Recipe, overrides: dict) -> GenerationConfig:
             overrides["do_sample"] = False
         elif any(k in overrides for k in ("temperature", "top_p", "top_k")):
             overrides["do_sample"] = True
-    fields = {f.name: f for f in dataclasses.fields(GenerationConfig)}
     for key, value in overrides.items():
-        flag = "--" + key.replace("_", "-")
-        try:
-            _check_range(value, fields[key].metadata, flag, "command line")
-        except RecipeError as e:
-            raise RecipeError(e.message, field=flag, fix=e.fix) from None
+        overrides[key] = check_value(GenerationConfig, key, value, "--" + key.replace("_", "-"), None)
     gen = dataclasses.replace(recipe.eval.generation, **overrides)
     if gen.do_sample and gen.temperature <= 0:
         raise RecipeError("sampling needs a temperature > 0", field="--temperature", fix="e.g. --temperature 0.7")

@@ -1,7 +1,10 @@
 """The recipe: one typed, documented schema, YAML loading, `key=value` overrides and validation.
 
 Every default lives in the dataclasses below and nowhere else. Each field's `help` metadata is its
-documentation (`sft recipe show --help-fields` prints it). Range checks live beside the field.
+documentation (`sft recipe show --help-fields` prints it). Range checks live beside the field. Pydantic v2
+validates a recipe against these dataclasses (types, nesting, unknown and required keys, ranges: sft/schema.py);
+the checks across fields follow. `key=value` overrides are set into the YAML tree first (`_set_dotted`: Pydantic
+has no dotted-path setter for plain data; pydantic-settings' CLI parsing would take over the command line).
 """
 
 from __future__ import annotations
@@ -10,10 +13,8 @@ import dataclasses
 import difflib
 import hashlib
 import json
-import math
 import os
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -21,6 +22,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import RecipeError
+from .schema import validate
 from .switches import of_section
 
 
@@ -278,7 +280,7 @@ class Recipe:
     hub: HubConfig = _f(help="Publishing to a model hub.", factory=HubConfig)
 
     # Where the recipe came from (not part of the schema; set by load_recipe).
-    path: str = field(default="<recipe>", metadata={"internal": True})
+    path: str = field(default="<recipe>", init=False, metadata={"internal": True})
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -301,135 +303,8 @@ class Recipe:
 
 # ---- validation -------------------------------------------------------------------------------
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    if origin is dict:
-        return f"a mapping whose values are each {_type_name(typing.get_args(tp)[1])}"
-    if tp is type(None):
-        return "null"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true/false", dict: "a mapping"}.get(
-        tp, getattr(tp, "__name__", str(tp)))
-
-
-def _coerce(value: Any, tp: Any, path: str, file: str) -> Any:
-    origin = typing.get_origin(tp)
-    bad = RecipeError(f"got {value!r}, expected {_type_name(tp)}", file=file, field=path)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, path, file)
-            except RecipeError:
-                continue
-        raise bad
-    if origin is Literal:
-        if value is False and "no" in typing.get_args(tp):  # YAML 1.1 reads a bare `no` as false
-            return "no"
-        if value not in typing.get_args(tp):
-            close = difflib.get_close_matches(str(value), [str(a) for a in typing.get_args(tp)], n=1)
-            raise RecipeError(f"got {value!r}, expected {_type_name(tp)}", file=file, field=path,
-                              fix=f"did you mean {close[0]!r}?" if close else None)
-        return value
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        single = isinstance(value, dict) if dataclasses.is_dataclass(item_tp) else isinstance(value, str)
-        if single:
-            value = [value]  # a single item where a list is expected
-        if not isinstance(value, list):
-            raise bad
-        return [_coerce(v, item_tp, f"{path}.{i}", file) for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise bad
-        return _build(tp, value, path, file)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise bad
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise bad
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
-                try:
-                    return float(value)
-                except ValueError:
-                    pass
-            raise bad
-        return float(value)
-    if tp is str:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        if not isinstance(value, str):
-            raise bad
-        return value
-    if tp is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise bad
-        if origin is dict:  # dict[K, V]: every key and value checked, e.g. a column mapping names columns
-            key_tp, value_tp = typing.get_args(tp)
-            return {_coerce(k, key_tp, path, file): _coerce(v, value_tp, f"{path}.{k}", file) for k, v in value.items()}
-        return value
-    raise bad
-
-
-def _check_range(value: Any, meta: dict, path: str, file: str) -> None:
-    if meta.get("nonempty") and isinstance(value, str) and not value.strip():
-        raise RecipeError("is empty", file=file, field=path, fix="give a value")
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-        return
-    if isinstance(value, float) and not math.isfinite(value):
-        raise RecipeError(f"got {value!r}, expected a finite number", file=file, field=path)
-    lo, hi = meta.get("min"), meta.get("max")
-    if lo is not None and (value < lo or (meta.get("exclusive_min") and value == lo)):
-        op = ">" if meta.get("exclusive_min") else ">="
-        raise RecipeError(f"got {value!r}, expected a value {op} {lo}" + (f" and <= {hi}" if hi is not None else ""),
-                          file=file, field=path)
-    if hi is not None and value > hi:
-        raise RecipeError(f"got {value!r}, expected a value <= {hi}", file=file, field=path)
-
-
 def _schema_fields(cls: type) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-
-
-def _build(cls: type, data: dict, prefix: str, file: str) -> Any:
-    fields = _schema_fields(cls)
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in data.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
-            fix = f"did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else \
-                f"valid keys: {', '.join(fields)}"
-            raise RecipeError("unknown key", file=file, field=path, fix=fix)
-        f = fields[key]
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and value is None:
-            raise RecipeError("is required", file=file, field=path)
-        v = _coerce(value, hints[key], path, file)
-        _check_range(v, f.metadata, path, file)
-        kwargs[key] = v
-    for name, f in fields.items():
-        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise RecipeError("is required", file=file, field=f"{prefix + '.' if prefix else ''}{name}")
-    return cls(**kwargs)
+    return {f.name: f for f in dataclasses.fields(cls) if f.init and not f.metadata.get("internal")}
 
 
 def _override_value(raw: str) -> Any:
@@ -705,7 +580,7 @@ def recipe_from_dict(data: dict, *, path: str = "<recipe>", overrides: list[str]
                               fix="write e.g. train.learning_rate=1e-4")
         key, raw = ov.split("=", 1)
         _set_dotted(data, key.strip(), raw, path)
-    recipe = _build(Recipe, data, "", path)
+    recipe = validate(Recipe, data, path)  # Pydantic, over the dataclasses above (sft/schema.py)
     recipe.path = path
     _expand_paths(recipe)
     _validate_combinations(recipe)
