@@ -122,7 +122,7 @@ def test_real_recipe_on_local_copy_with_tiny_model(name, tmp_path):
 # Which sft modules a module may import (top-level or inside functions): nothing runs back up the layers, with no
 # exceptions (a module imports only from its own layer's package or from layers before it).
 LAYERS = [
-    {"errors", "io", "text", "families", "precision", "distributed", "toolcalls"},
+    {"errors", "io", "text", "families", "precision", "distributed", "toolcalls", "schema"},
     {"metrics", "sql", "switches", "passthrough"},
     {"recipe"},
     {"data"},
