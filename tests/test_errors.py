@@ -92,6 +92,48 @@ def test_overrides_are_typed(tmp_path):
     assert r.data.sources[0].num_examples == 50 and r.data.sources[1].path == "x.jsonl"
 
 
+READINGS = [  # what a YAML recipe may mean (sft/schema.py), and what stays an error
+    ("train.batch_size", 8.0, 8), ("train.learning_rate", "1e-4", 1e-4), ("train.report_to", "none", ["none"]),
+    ("train.mixed_precision", False, "no"), ("model.revision", 2024, "2024"), ("train.epochs", 2, 2.0),
+    ("data.sources.0.columns", {"prompt": 7}, {"prompt": "7"}),
+    ("train.packing", "yes", "train.packing: got 'yes', expected true/false"),
+    ("train.batch_size", "8", "train.batch_size: got '8', expected an integer"),
+    ("train.batch_size", 4.5, "train.batch_size: got 4.5, expected an integer"),
+    ("train.epochs", True, "train.epochs: got True, expected a number"),
+    ("train.learning_rate", float("inf"), "train.learning_rate: got inf, expected a finite number"),
+    ("train.output_dir", "  ", "train.output_dir: is empty (fix: give a value)"),
+    ("data.sources.0.path", None, "data.sources.0.path: is required"),
+    ("data.sources.0.pth", "x", "data.sources.0.pth: unknown key (fix: did you mean 'data.sources.0.path'?)"),
+    ("data.sources.0.columns", {"prompt": {}}, "data.sources.0.columns.prompt: got {}, expected a string"),
+    ("train.warmup_steps", "some", "train.warmup_steps: got 'some', expected an integer or a number"),
+    ("train.seed", 2 ** 40, "train.seed: got 1099511627776, expected a value <= 4294967295"),
+    ("path", "x.yaml", "path: unknown key (fix: did you mean 'data'?)"),
+]
+
+
+@pytest.mark.parametrize("key,value,expected", READINGS)
+def test_recipe_values_are_read_or_refused_by_the_schema(key, value, expected):
+    from sft.errors import RecipeError
+    from sft.recipe import recipe_from_dict
+
+    data = {"data": {"sources": [{"path": "builtin:synthetic"}]}}
+    *parents, last = key.split(".")
+    node = data
+    for p in parents:
+        node = node.setdefault(int(p) if p.isdigit() else p, {}) if not p.isdigit() else node[int(p)]
+    node[last] = value
+    if isinstance(expected, str) and (": " in expected):
+        with pytest.raises(RecipeError) as e:
+            recipe_from_dict(data, path="r.yaml")
+        assert str(e.value) == "r.yaml: " + expected
+        return
+    r = recipe_from_dict(data, path="r.yaml")
+    obj = r
+    for p in key.split("."):
+        obj = obj[int(p)] if p.isdigit() else getattr(obj, p)
+    assert obj == expected and type(obj) is type(expected)
+
+
 BAD_DATA = [
     ({"path": "missing.jsonl"}, "dataset file not found"),
     ({"path": f"{FIXTURES}/latin1.jsonl"}, "not UTF-8 text (byte 0xe9"),
