@@ -45,7 +45,7 @@ BAD_RECIPES = [
     ("trian:\n  epochs: 1\n", "trian: unknown key (fix: did you mean 'train'?)"),
     ("train:\n  batch_size: many\n", "train.batch_size: got 'many', expected an integer"),
     ("train:\n  batch_size: 0\n", "train.batch_size: got 0, expected a value >= 1"),
-    ("train:\n  epochs: -1\n", "train.epochs: got -1.0, expected a value > 0.0"),
+    ("train:\n  epochs: -1\n", "train.epochs: got -1, expected a value > 0.0"),  # as written
     ("train:\n  learning_rate: 5.0\n", "train.learning_rate: got 5.0, expected a value <= 1.0"),
     ("data:\n  max_length: -3\n", "data.max_length: got -3, expected a value >= 8"),
     ("model:\n  dtype: float64\n", "model.dtype: got 'float64'; this field is now train.mixed_precision"),
