@@ -26,7 +26,7 @@ def _commands() -> tuple[str, ...]:
     from . import commands
 
     names = [m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_")]
-    return tuple(n.replace("_", "-") for n in sorted(names, key=lambda n: (_module(n).ORDER, n)))
+    return tuple(n.replace("_", "-") for n in sorted(names, key=lambda n: (getattr(_module(n), "ORDER", 99), n)))
 
 
 COMMANDS = _commands()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .distributed import env_rank, env_world_size
-from .errors import TrainError
+from .errors import RecipeError, TrainError
 from .families import Family, family_of, path_of
 from .precision import Precision, device_facts, for_recipe
 
@@ -22,7 +22,7 @@ class RunContext:
     arch: str                 # causal | seq2seq
     family: Family | None     # None: a model type sft/families.py does not list (config fallbacks apply)
     on_gpu: bool
-    precision: Precision
+    precision: Precision | None  # None: a trained model used where its training precision cannot run
     rank: int
     world_size: int
     context_length: int | None
@@ -42,7 +42,12 @@ class RunContext:
         cuda, _ = device_facts()
         on_gpu = cuda and not recipe.train.use_cpu
         model_type = getattr(config, "model_type", None)
-        precision = for_recipe(recipe, model_type)
+        try:
+            precision = for_recipe(recipe, model_type)
+        except RecipeError:
+            if check:
+                raise
+            precision = None  # using a trained model where its training precision cannot run: compute as loaded
         if check:
             check_passthrough(recipe, arch)  # against the installed trainer class of this path
             check_switches(recipe, arch=arch, model_type=model_type, on_gpu=on_gpu, precision=precision)

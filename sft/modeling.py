@@ -346,7 +346,13 @@ def folder_arch(folder: str, *, trust_remote_code: bool = False) -> str:
             return path_of_adapter(json.load(fh).get("task_type")).name
     from transformers import AutoConfig
 
-    return trainer_path(AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code))
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except Exception as e:
+        why = str(e).splitlines()[0][:160] if str(e) else ""
+        raise ModelError(f"cannot read the model config ({type(e).__name__}: {why})", file=folder,
+                         fix="pass a finished sft run or a model folder with config.json") from e
+    return trainer_path(config)
 
 
 def load_for_inference(output_dir: str, *, device: str | None = None, dtype: torch.dtype | None = None,

@@ -46,7 +46,7 @@ def model_card(output_dir: str, repo_id: str | None, license: str = "apache-2.0"
     if arch is None:  # from the folder's own files (the base model's config may be on the Hub)
         from .modeling import folder_arch
 
-        arch = folder_arch(output_dir)
+        arch = folder_arch(output_dir, trust_remote_code=recipe.model.trust_remote_code)
     from .families import path_of
 
     path = path_of(arch)

@@ -180,9 +180,36 @@ def validate(cls: type, data: dict, file: str) -> Any:
     try:
         return validator(cls).validate_python(data)
     except ValidationError as e:
-        err = e.errors()[0]
+        err = _first(e.errors())
         path, tp, fld, owner = _walk(cls, err["loc"])
         raise _error(".".join(path), tp, fld, owner, err, file) from None
+
+
+_UNKNOWN = ("unexpected_keyword_argument", "extra_forbidden")
+
+
+def _first(errors: list[dict]) -> dict:
+    """The error to report: an unknown key before anything else (a misspelt required key is a typo, not a missing
+    value), a missing key last; of a union's errors (one per member), a range or finite-number error over a type
+    error (`warmup_steps: -1.5` is out of range, not of the wrong type)."""
+    def rank(item):
+        i, err = item
+        kind = err["type"]
+        return (0 if kind in _UNKNOWN else 2 if kind in ("missing", "missing_argument") else 1, i)
+
+    i, err = min(enumerate(errors), key=rank)
+    if err["type"].endswith(("_type", "_parsing")):
+        field_loc = tuple(x for x in err["loc"] if isinstance(x, int) or not _is_tag(x))
+        for other in errors:
+            if other is not err and tuple(x for x in other["loc"] if isinstance(x, int) or not _is_tag(x)) == \
+                    field_loc and not other["type"].endswith(("_type", "_parsing")):
+                return other
+    return err
+
+
+def _is_tag(part: str) -> bool:
+    """A location part Pydantic adds for a union member or a validator, not a recipe key."""
+    return part in ("int", "float", "str", "bool", "dict", "list", "none") or "[" in part
 
 
 def check_value(cls: type, name: str, value: Any, label: str, file: str | None) -> Any:

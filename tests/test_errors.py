@@ -107,6 +107,8 @@ READINGS = [  # what a YAML recipe may mean (sft/schema.py), and what stays an e
     ("data.sources.0.columns", {"prompt": {}}, "data.sources.0.columns.prompt: got {}, expected a string"),
     ("train.warmup_steps", "some", "train.warmup_steps: got 'some', expected an integer or a number"),
     ("train.seed", 2 ** 40, "train.seed: got 1099511627776, expected a value <= 4294967295"),
+    ("train.warmup_steps", -1.5, "train.warmup_steps: got -1.5, expected a value >= 0"),  # (a union: out of range)
+    ("train.warmup_steps", float("inf"), "train.warmup_steps: got inf, expected a finite number"),
     ("path", "x.yaml", "path: unknown key (fix: did you mean 'data'?)"),
 ]
 
@@ -132,6 +134,16 @@ def test_recipe_values_are_read_or_refused_by_the_schema(key, value, expected):
     for p in key.split("."):
         obj = obj[int(p)] if p.isdigit() else getattr(obj, p)
     assert obj == expected and type(obj) is type(expected)
+
+
+def test_a_misspelt_required_key_is_an_unknown_key_first():
+    from sft.errors import RecipeError
+    from sft.recipe import recipe_from_dict
+
+    with pytest.raises(RecipeError, match=r"data.sources.0.pth: unknown key \(fix: did you mean 'data.sources.0.path'"):
+        recipe_from_dict({"data": {"sources": [{"pth": "a.jsonl"}]}}, path="r.yaml")
+    with pytest.raises(RecipeError, match=r"r.yaml: trian: unknown key"):  # before the bad value in another section
+        recipe_from_dict({"train": {"batch_size": "x"}, "trian": {}}, path="r.yaml")
 
 
 BAD_DATA = [

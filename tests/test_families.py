@@ -164,3 +164,21 @@ def test_run_context_decides_once_and_prompt_format_agrees_with_the_pipeline():
     assert fmt.encode_train([rec]).features == encode([rec], tok, "chatml", arch="causal", max_length=256).features
     assert fmt.encode_prompt([rec]) == encode_prompts([rec], tok, "chatml", arch="causal")
     assert fmt.stops == ("<|im_end|>",) and fmt.stop_ids[0] == tok.eos_token_id
+
+
+def test_a_trained_models_context_on_a_machine_without_its_training_precision():
+    """Using an fp16-trained run on a CPU (generate, chat, export, eval) computes as loaded: no precision, no error;
+    training that recipe here is still refused."""
+    import torch
+
+    from sft.context import RunContext
+    from sft.errors import RecipeError
+    from sft.recipe import recipe_from_dict
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine runs fp16")
+    r = recipe_from_dict({"model": {"name": "gpt2", "init": "scratch"}, "train": {"mixed_precision": "fp16"},
+                          "data": {"sources": [{"path": "builtin:synthetic"}]}}, path="r.yaml")
+    assert RunContext.build(r, check=False).precision is None
+    with pytest.raises(RecipeError, match="fp16 mixed precision needs a CUDA GPU"):
+        RunContext.build(r)

@@ -344,19 +344,19 @@ class BuiltinTemplate(ChatTemplate):
     def _apply(self, messages: list[dict], generation_prompt: bool = False, tools=None, spans: bool = False):
         """transformers' compiled template and generation tracking, called without render_jinja_template's copy of
         the inputs into plain data (sft records are plain JSON already): a quarter of the time per example."""
+        msgs = [{**m, "reasoning_content": m["reasoning"]} if m.get("reasoning") is not None and
+                "reasoning_content" not in m else m for m in messages]  # the name chat templates read
         try:
             from transformers.utils.chat_template_utils import (_compile_jinja_template,
                                                                  _render_with_assistant_indices)
         except ImportError:  # a transformers without these internals: its public path renders the same
             from transformers.utils.chat_template_utils import render_jinja_template
 
-            rendered, found = render_jinja_template([messages], tools=tools or None, chat_template=self.source,
+            rendered, found = render_jinja_template([msgs], tools=tools or None, chat_template=self.source,
                                                     return_assistant_tokens_mask=spans,
                                                     add_generation_prompt=generation_prompt, eos_token="")
             return (rendered[0], [tuple(x) for x in found[0]]) if spans else rendered[0]
         compiled = _compile_jinja_template(self.source)
-        msgs = [{**m, "reasoning_content": m["reasoning"]} if m.get("reasoning") is not None and
-                "reasoning_content" not in m else m for m in messages]  # the name chat templates read
         if spans:
             text, found = _render_with_assistant_indices(compiled, msgs, tools or None, None, generation_prompt,
                                                          eos_token="")
