@@ -32,13 +32,12 @@ class RunContext:
         """Decide once, for a recipe: its model config (loaded here, or the given one: a trained model's), the
         training path, the device and the precision. `check`: also refuse switches and pass-through arguments
         this machine or trainer cannot honour (training; evaluation and inference only read the decisions)."""
-        from .families import PATHS, trainer_path
-        from .modeling import context_length, load_config
+        from .modeling import context_length, load_config, resolve_arch
         from .passthrough import check as check_passthrough
         from .switches import check as check_switches
 
         config = config if config is not None else load_config(recipe.model)
-        arch = recipe.model.arch if recipe.model.arch in PATHS else trainer_path(config)
+        arch = resolve_arch(recipe.model, config)
         cuda, _ = device_facts()
         on_gpu = cuda and not recipe.train.use_cpu
         model_type = getattr(config, "model_type", None)

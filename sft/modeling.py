@@ -120,10 +120,11 @@ def context_length(config) -> int | None:
     return None
 
 
-def resolve_arch(cfg: ModelConfig) -> str:
-    if cfg.arch in PATHS:  # set in the recipe, else "auto": read from the config
+def resolve_arch(cfg: ModelConfig, config=None) -> str:
+    """The training path: the recipe's model.arch, else ("auto") read from the model config (loaded unless given)."""
+    if cfg.arch in PATHS:
         return cfg.arch
-    return trainer_path(load_config(cfg))
+    return trainer_path(config if config is not None else load_config(cfg))
 
 
 def run_precision(recipe: Recipe):

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import RecipeError
-from .schema import validate
+from .schema import fields_of, validate
 from .switches import of_section
 
 
@@ -302,10 +302,6 @@ class Recipe:
 
 
 # ---- validation -------------------------------------------------------------------------------
-
-def _schema_fields(cls: type) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(cls) if f.init and not f.metadata.get("internal")}
-
 
 def _override_value(raw: str) -> Any:
     """YAML-typed override value; a Jinja template or anything YAML cannot read stays a plain string."""
@@ -606,7 +602,7 @@ def describe_schema(cls: type = Recipe, prefix: str = "") -> list[str]:
     """One line per field: dotted path, default and help (the schema's documentation)."""
     lines = []
     hints = typing.get_type_hints(cls)
-    for name, f in _schema_fields(cls).items():
+    for name, f in fields_of(cls).items():
         path = f"{prefix}{name}"
         tp = hints[name]
         if dataclasses.is_dataclass(tp):

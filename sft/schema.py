@@ -138,7 +138,8 @@ def type_name(tp: Any) -> str:
         tp, getattr(tp, "__name__", str(tp)))
 
 
-def _fields(cls: type) -> dict[str, dataclasses.Field]:
+def fields_of(cls: type) -> dict[str, dataclasses.Field]:
+    """A schema dataclass's recipe keys (not its internal fields)."""
     return {f.name: f for f in dataclasses.fields(cls) if f.init and not f.metadata.get("internal")}
 
 
@@ -155,7 +156,7 @@ def _walk(cls: type, loc: tuple) -> tuple[list[str], Any, dataclasses.Field | No
                 break
             tp = members[0]
         if dataclasses.is_dataclass(tp):
-            fields = _fields(tp)
+            fields = fields_of(tp)
             path.append(str(part))
             if part not in fields:
                 return path, None, None, tp
@@ -180,60 +181,54 @@ def validate(cls: type, data: dict, file: str) -> Any:
     try:
         return validator(cls).validate_python(data)
     except ValidationError as e:
-        err = _first(e.errors())
+        err = _first(e.errors(), lambda loc: _walk(cls, loc)[0])
         path, tp, fld, owner = _walk(cls, err["loc"])
         raise _error(".".join(path), tp, fld, owner, err, file) from None
 
 
 _UNKNOWN = ("unexpected_keyword_argument", "extra_forbidden")
+_MISSING = ("missing", "missing_argument")
+_WRONG_TYPE = ("_type", "_parsing")  # endings of Pydantic's type errors
 
 
-def _first(errors: list[dict]) -> dict:
+def _first(errors: list[dict], key_of) -> dict:
     """The error to report: an unknown key before anything else (a misspelt required key is a typo, not a missing
-    value), a missing key last; of a union's errors (one per member), a range or finite-number error over a type
-    error (`warmup_steps: -1.5` is out of range, not of the wrong type)."""
+    value), a missing key last; of a union's errors at one key (one per member; `key_of` maps a location to its
+    recipe key), a range or finite-number error over a type error (`warmup_steps: -1.5` is out of range, not of the
+    wrong type)."""
     def rank(item):
         i, err = item
-        kind = err["type"]
-        return (0 if kind in _UNKNOWN else 2 if kind in ("missing", "missing_argument") else 1, i)
+        return (0 if err["type"] in _UNKNOWN else 2 if err["type"] in _MISSING else 1, i)
 
-    i, err = min(enumerate(errors), key=rank)
-    if err["type"].endswith(("_type", "_parsing")):
-        field_loc = tuple(x for x in err["loc"] if isinstance(x, int) or not _is_tag(x))
-        for other in errors:
-            if other is not err and tuple(x for x in other["loc"] if isinstance(x, int) or not _is_tag(x)) == \
-                    field_loc and not other["type"].endswith(("_type", "_parsing")):
-                return other
+    _, err = min(enumerate(errors), key=rank)
+    if err["type"].endswith(_WRONG_TYPE):
+        key = key_of(err["loc"])
+        return next((o for o in errors if not o["type"].endswith(_WRONG_TYPE) and key_of(o["loc"]) == key), err)
     return err
-
-
-def _is_tag(part: str) -> bool:
-    """A location part Pydantic adds for a union member or a validator, not a recipe key."""
-    return part in ("int", "float", "str", "bool", "dict", "list", "none") or "[" in part
 
 
 def check_value(cls: type, name: str, value: Any, label: str, file: str | None) -> Any:
     """A value given outside a recipe (a command-line flag) validated as field `name` of `cls` is."""
     from pydantic import TypeAdapter, ValidationError
 
-    fld, tp = _fields(cls)[name], typing.get_type_hints(cls)[name]
+    fld, tp = fields_of(cls)[name], typing.get_type_hints(cls)[name]
     try:
         return TypeAdapter(_pydantic_type(tp, dict(fld.metadata))).validate_python(value)
     except ValidationError as e:
-        raise _error(label, tp, fld, cls, e.errors()[0], file) from None
+        raise _error(label, tp, fld, cls, _first(e.errors(), lambda loc: ()), file) from None
 
 
 def _error(where: str, tp: Any, fld, owner, err: dict, file: str | None) -> RecipeError:
     kind, value = err["type"], err.get("input")
-    if kind in ("unexpected_keyword_argument", "extra_forbidden") or (tp is None and owner is not None):
+    if kind in _UNKNOWN or (tp is None and owner is not None):
         prefix, _, key = where.rpartition(".")
-        names = list(_fields(owner))
+        names = list(fields_of(owner))
         close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
         fix = f"did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else \
             f"valid keys: {', '.join(names)}"
         return RecipeError("unknown key", file=file, field=where, fix=fix)
     required = fld is not None and fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING
-    if kind in ("missing", "missing_argument") or (value is None and required):
+    if kind in _MISSING or (value is None and required):
         return RecipeError("is required", file=file, field=where)
     if kind == "nonempty":
         return RecipeError("is empty", file=file, field=where, fix="give a value")

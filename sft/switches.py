@@ -58,9 +58,6 @@ class Switch:
     def name(self) -> str:
         return self.field.split(".")[1]
 
-    def value(self, recipe) -> Any:
-        return getattr(getattr(recipe, self.section), self.name)
-
 
 def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
@@ -75,12 +72,10 @@ def liger_model_types() -> set[str]:
     return set(MODEL_TYPE_TO_APPLY_LIGER_FN)
 
 
-def _causal_only(name: str):
-    def check(recipe, here: Here) -> None:
-        if path_of(here.arch).encoder_decoder and getattr(recipe.train, name):
-            raise RecipeError(f"train.{name} is for causal models", file=recipe.path, field=f"train.{name}",
-                              fix=f"set train.{name}: false for encoder-decoder models")
-    return check
+def _causal_only(recipe, here: Here, name: str) -> None:
+    if path_of(here.arch).encoder_decoder and getattr(recipe.train, name):
+        raise RecipeError(f"train.{name} is for causal models", file=recipe.path, field=f"train.{name}",
+                          fix=f"set train.{name}: false for encoder-decoder models")
 
 
 def _attention(recipe, here: Here) -> None:
@@ -119,7 +114,7 @@ def _packing_strategy(recipe, here: Here) -> None:
 
 
 def _padding_free(recipe, here: Here) -> None:
-    _causal_only("padding_free")(recipe, here)
+    _causal_only(recipe, here, "padding_free")
     t = recipe.train
     if t.padding_free and t.packing and t.packing_strategy == "wrapped":
         raise RecipeError("padding_free with wrapped packing lets examples attend across their boundaries",
@@ -151,7 +146,7 @@ def _liger(recipe, here: Here) -> None:
         raise RecipeError(f"liger-kernel has no kernels for model type {here.model_type!r}", file=file,
                           field="train.use_liger_kernel",
                           fix=f"set it false (Liger patches e.g. {', '.join(sorted(supported)[:8])}, ...)")
-    _causal_only("use_liger_kernel")(recipe, here)
+    _causal_only(recipe, here, "use_liger_kernel")
 
 
 def _compile(recipe, here: Here) -> None:

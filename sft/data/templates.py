@@ -5,8 +5,8 @@ Every prompt sft trains or serves is rendered by a chat template through transfo
 shipped as `chat_templates/NAME.jinja` (with `tools.jinja`, the tool format they share) and saved with the model as
 it is. User templates in sft's variables (`JinjaTemplate`) write the prompt; the answer after it is written by the
 built-ins' answer macro. A template renders a whole conversation into segments `(text, trained)`: every assistant
-answer is a trained segment (`{% generation %}` blocks mark them in the built-ins), everything else is context. Causal models train on the concatenation (loss on the
-trained segments, EOS appended); seq2seq models read everything before the final answer as the
+answer is a trained segment (`{% generation %}` blocks mark them in the built-ins), everything else is context.
+Causal models train on the concatenation (loss on the trained segments, EOS appended); seq2seq models read everything before the final answer as the
 source and the final answer as the target. Inference renders the same messages with an empty final
 answer and drops it, so the prompt is byte-identical to the one seen in training.
 """
@@ -20,6 +20,11 @@ from dataclasses import dataclass, field
 from ..errors import RecipeError
 
 Segment = tuple[str, bool]
+
+
+def _control_markers(source: str) -> tuple[str, ...]:
+    """<|name|> control markers a template writes (ChatML, Llama 3, Phi): kept whole by a tokenizer built for it."""
+    return tuple(dict.fromkeys(re.findall(r"<\|[A-Za-z0-9_]+\|>", source)))
 
 def _user_text(m: dict) -> str:
     return m["content"] + (f"\n\n{m['input']}" if m.get("input") else "")
@@ -39,8 +44,7 @@ class JinjaTemplate:
 
     @property
     def markers(self) -> tuple[str, ...]:
-        """<|name|> control markers the source writes (ChatML, Llama 3, Phi): kept whole by a built tokenizer."""
-        return tuple(dict.fromkeys(re.findall(r"<\|[A-Za-z0-9_]+\|>", self.source)))
+        return _control_markers(self.source)
 
     def __post_init__(self):
         from jinja2 import StrictUndefined, TemplateSyntaxError
@@ -187,8 +191,12 @@ class ChatTemplate:
                                    "alternating roles), or use another template") from e
 
     @staticmethod
-    def _messages(messages: list[dict], system: str | None) -> list[dict]:
-        out = [hub_message(m) for m in messages]
+    def _shape(m: dict) -> dict:
+        return hub_message(m)
+
+    def _messages(self, messages: list[dict], system: str | None) -> list[dict]:
+        """The messages as the template reads them, with the recipe's system prompt where they have none."""
+        out = [self._shape(m) for m in messages]
         if system and not any(m["role"] == "system" for m in out):
             out.insert(0, {"role": "system", "content": system})
         return out
@@ -303,7 +311,7 @@ class ChatTemplate:
         return self._segments(msgs, flags, tools, records)
 
     def render_prompt(self, messages: list[dict], system: str | None, tools=None) -> str:
-        msgs = self._messages([m for m in messages], system)
+        msgs = self._messages(messages, system)
         if msgs and msgs[-1]["role"] == "assistant":
             msgs = msgs[:-1]
         return self._apply(msgs, generation_prompt=True, tools=tools)
@@ -332,14 +340,12 @@ class BuiltinTemplate(ChatTemplate):
     def __init__(self, name: str, body: str):
         import json
 
-        self.tokenizer, self.name, self.string_arguments, self.generation = None, name, False, True
+        self.name, self.generation = name, True  # (its own _apply: no tokenizer, no argument-text retry)
         head = re.match(r"\{#-?\s*sft\s+(\{.*?\})\s*-?#\}", body)
         meta = json.loads(head.group(1)) if head else {}
         self.doc, self.stop = meta.get("doc", ""), tuple(meta.get("stop", ()))
         self.source = _builtin_file("tools") + body
-        self.end_of_turn = ""
-        # <|name|> control markers it writes (ChatML's): kept whole by a tokenizer built for it
-        self.markers = tuple(dict.fromkeys(re.findall(r"<\|[A-Za-z0-9_]+\|>", body)))
+        self.markers = _control_markers(body)
 
     def _apply(self, messages: list[dict], generation_prompt: bool = False, tools=None, spans: bool = False):
         """transformers' compiled template and generation tracking, called without render_jinja_template's copy of
@@ -365,11 +371,8 @@ class BuiltinTemplate(ChatTemplate):
                                add_generation_prompt=generation_prompt, eos_token="")
 
     @staticmethod
-    def _messages(messages: list[dict], system: str | None) -> list[dict]:
-        out = list(messages)
-        if system and not any(m["role"] == "system" for m in out):  # as SYSTEM renders it (the saved template)
-            out.insert(0, {"role": "system", "content": system})
-        return out
+    def _shape(m: dict) -> dict:
+        return m  # sft records as they are (a system turn renders as SYSTEM does in the saved template)
 
     def chat_template(self, system: str | None) -> str:
         """The template saved with a model trained with it: the recipe's system prompt set, no generation tags."""
